@@ -98,15 +98,9 @@ class Study(models.Model):
         ordering = ["-created_at"]
         verbose_name_plural = "studies"
         constraints = [
-            models.CheckConstraint(
-                condition=Q(body_part__in=BodyPart.values), name="study_body_part_valid"
-            ),
-            models.CheckConstraint(
-                condition=Q(status__in=StudyStatus.values), name="study_status_valid"
-            ),
-            models.CheckConstraint(
-                condition=~Q(accession_number=""), name="study_accession_not_blank"
-            ),
+            models.CheckConstraint(condition=Q(body_part__in=BodyPart.values), name="study_body_part_valid"),
+            models.CheckConstraint(condition=Q(status__in=StudyStatus.values), name="study_status_valid"),
+            models.CheckConstraint(condition=~Q(accession_number=""), name="study_accession_not_blank"),
         ]
         indexes = [models.Index(fields=["status", "created_at"])]
 
@@ -134,9 +128,7 @@ class Radiograph(models.Model):
     format = models.CharField(max_length=8, choices=ImageFormat.choices)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
-    status = models.CharField(
-        max_length=16, choices=ImageStatus.choices, default=ImageStatus.QUEUED
-    )
+    status = models.CharField(max_length=16, choices=ImageStatus.choices, default=ImageStatus.QUEUED)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # When the job was last handed to the broker; the re-dispatch looks at this.
@@ -251,9 +243,7 @@ class Review(models.Model):
 class AuditEvent(models.Model):
     """Append-only: no code path updates or deletes rows; PostgreSQL enforces it by trigger."""
 
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+"
-    )
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     # Kept as text as well, so the trail reads the same if the account is renamed.
     actor_username = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=64, db_index=True)
@@ -270,6 +260,4 @@ class AuditEvent(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return (
-            f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_username or 'system'} {self.action}"
-        )
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_username or 'system'} {self.action}"

@@ -1,0 +1,47 @@
+"""Session-wide test set-up shared by every test package."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shared_data_dir() -> Path:
+    # Tests read the real radiographs in ../shared/data in place (never copies of them).
+    candidates = [
+        os.environ.get("MSKDETECT_SHARED_DATA"),
+        REPO_ROOT.parent / "shared" / "data",
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate, "README.md").is_file():
+            return Path(candidate)
+    raise RuntimeError("../shared/data not found: set MSKDETECT_SHARED_DATA to its path")
+
+
+SHARED_DATA = _shared_data_dir()
+INTEGRATION = os.environ.get("MSKDETECT_INTEGRATION") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if INTEGRATION:
+        return
+    skip = pytest.mark.skip(reason="needs MSKDETECT_INTEGRATION=1 (PostgreSQL, Redis, worker)")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _private_media(settings, tmp_path):
+    # Every test writes uploads and heat maps under its own temporary MEDIA_ROOT.
+    settings.MEDIA_ROOT = tmp_path / "media"
