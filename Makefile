@@ -4,21 +4,32 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint clean
+.PHONY: run worker test install lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Web server on :8000 and a real Celery worker (with embedded beat), SQLite + filesystem broker.
+run: $(STAMP)
+	scripts/run_dev.sh
+
+# Only the worker (with beat), for running the web server elsewhere.
+worker: $(STAMP)
+	$(VENV)/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf var .pytest_cache

@@ -1,2 +1,20 @@
+from django.urls import path
+
+from studies import apis
+
 app_name = "api"
-urlpatterns: list = []
+urlpatterns = [
+    path("auth/token/", apis.TokenApi.as_view(), name="token"),
+    path("patients/", apis.PatientListCreateApi.as_view(), name="patient-list"),
+    path("patients/<int:pk>/", apis.PatientDetailApi.as_view(), name="patient-detail"),
+    path("studies/", apis.StudyListCreateApi.as_view(), name="study-list"),
+    path("studies/<int:pk>/", apis.StudyDetailApi.as_view(), name="study-detail"),
+    path("studies/<int:pk>/images/", apis.StudyImagesApi.as_view(), name="study-images"),
+    path("studies/<int:pk>/reviews/", apis.StudyReviewsApi.as_view(), name="study-reviews"),
+    path("images/<int:pk>/", apis.ImageDetailApi.as_view(), name="image-detail"),
+    path("images/<int:pk>/file", apis.ImageFileApi.as_view(), name="image-file"),
+    path("images/<int:pk>/heatmap", apis.ImageHeatmapApi.as_view(), name="image-heatmap"),
+    path("images/<int:pk>/preview.png", apis.ImagePreviewApi.as_view(), name="image-preview"),
+    path("audit-events/", apis.AuditEventListApi.as_view(), name="audit-event-list"),
+    path("schema/", apis.SchemaApi.as_view(), name="schema"),
+]

@@ -1,1 +1,23 @@
-urlpatterns: list = []
+"""HTML pages (the REST API is in api_urls.py)."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from studies import views
+
+urlpatterns = [
+    path("", views.worklist, name="worklist"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
+    path("password/", views.PasswordChangeView.as_view(), name="password_change"),
+    path("password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("patients/search/", views.patient_search, name="patient_search"),
+    path("studies/new/", views.study_new, name="study_new"),
+    path("studies/new/inspect/", views.study_inspect, name="study_inspect"),
+    path("studies/<int:pk>/", views.study_detail, name="study_detail"),
+    path("studies/<int:pk>/live/", views.study_live, name="study_live"),
+    path("studies/<int:pk>/images/", views.study_upload, name="study_upload"),
+    path("studies/<int:pk>/review/", views.study_review, name="study_review"),
+    path("studies/<int:pk>/requeue/", views.study_requeue, name="study_requeue"),
+    path("dashboard/", views.dashboard, name="dashboard"),
+]

@@ -35,6 +35,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "studies.middleware.ContentSecurityPolicyMiddleware",
     "axes.middleware.AxesMiddleware",
 ]
 
@@ -160,6 +161,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Images left queued longer than this are sent again by the periodic re-dispatch.
 MSKDETECT_REDISPATCH_AFTER_SECONDS = env.int("MSKDETECT_REDISPATCH_AFTER_SECONDS", default=120)
 MSKDETECT_REDISPATCH_EVERY_SECONDS = env.float("MSKDETECT_REDISPATCH_EVERY_SECONDS", default=60.0)
+CELERY_TASK_ROUTES = {
+    "inference.tasks.predict_images": {"queue": "inference"},
+    # On the default queue, so a long backlog of predictions never delays the re-dispatch.
+    "inference.tasks.redispatch_stale_images": {"queue": "celery"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "redispatch-stale-images": {
+        "task": "inference.tasks.redispatch_stale_images",
+        "schedule": MSKDETECT_REDISPATCH_EVERY_SECONDS,
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# Fail fast when the broker is unreachable: uploads must not wait on it.
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("MSKDETECT_BROKER_CONNECTION_TIMEOUT", default=2.0)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,161 @@
+"""Grad-CAM heat maps (Selvaraju et al., 2017) and their overlay on the radiograph.
+
+The target is the last layer with a 4-D output. For the seed architecture that layer lives inside
+the nested InceptionResNetV2 base (``conv_7b_ac``): the nested base cannot be cut from the outside,
+so a model is built from the base's own input to [target output, base output], and the outer
+layers around the base are re-applied in order (the outer model is a chain, as the seed is).
+
+The class score is the class's log-odds computed from the final Dense layer's logits: the softmax
+output itself saturates for confident predictions, and its gradient then vanishes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from skimage.transform import resize
+
+from inference.decoding import DecodedImage
+from inference.preprocessing import INPUT_SIZE, SeedProfile, to_display_uint8
+
+OVERLAY_MAX_ALPHA = 0.5
+
+Forward = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+def gradcam_heatmaps(
+    model: keras.Model, batch: np.ndarray, *, class_index: int = 0, layer_name: str | None = None
+) -> np.ndarray:
+    """Grad-CAM maps (N, h, w) in [0, 1] for ``class_index`` at the last 4-D layer (or ``layer_name``).
+
+    ``batch`` is the preprocessed model input. Pass ``class_index=spec.abnormal_index`` for a model
+    whose labels do not start with "abnormal". An image with no positive evidence gets all zeros.
+    """
+    forward, last_layer = _forward_to_last_layer(model, layer_name=layer_name)
+    inputs = tf.constant(np.asarray(batch, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        feature_maps, last_input = forward(inputs)
+        score = _class_score(last_layer, last_input, class_index=class_index)
+    gradients = tape.gradient(score, feature_maps)
+    channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cams = tf.nn.relu(tf.reduce_sum(channel_weights * feature_maps, axis=-1)).numpy()
+    peaks = cams.max(axis=(1, 2), keepdims=True)
+    return np.where(peaks > 0, cams / np.where(peaks > 0, peaks, 1), 0.0).astype(np.float32)
+
+
+def _class_score(last_layer: keras.layers.Layer, last_input: tf.Tensor, *, class_index: int) -> tf.Tensor:
+    activation = getattr(last_layer, "activation", None)
+    activation_name = getattr(activation, "__name__", "")
+    if isinstance(last_layer, keras.layers.Dense) and activation_name in {"softmax", "sigmoid"}:
+        logits = tf.matmul(last_input, last_layer.kernel) + last_layer.bias
+        if activation_name == "sigmoid":
+            return logits[:, class_index]
+        others = tf.concat([logits[:, :class_index], logits[:, class_index + 1 :]], axis=1)
+        return logits[:, class_index] - tf.reduce_logsumexp(others, axis=1)
+    return last_layer(last_input, training=False)[:, class_index]
+
+
+def _is_4d(layer: keras.layers.Layer) -> bool:
+    try:
+        return len(layer.output.shape) == 4
+    except (AttributeError, ValueError):
+        return False
+
+
+def _target_layer(layers: list[keras.layers.Layer], layer_name: str | None) -> int:
+    for index in reversed(range(len(layers))):
+        layer = layers[index]
+        if layer_name is not None:
+            nested_names = {inner.name for inner in getattr(layer, "layers", [])}
+            if layer.name == layer_name or layer_name in nested_names:
+                return index
+        elif _is_4d(layer):
+            return index
+    wanted = f"layer {layer_name!r}" if layer_name else "a layer with a 4-D output"
+    raise ValueError(f"the model has no {wanted} for Grad-CAM")
+
+
+def _forward_to_last_layer(
+    model: keras.Model, *, layer_name: str | None
+) -> tuple[Forward, keras.layers.Layer]:
+    layers = model.layers
+    last_layer = layers[-1]
+    target_index = _target_layer(layers[:-1], layer_name)
+    target = layers[target_index]
+    if isinstance(target, keras.Model):
+        inner_layers = target.layers
+        inner_target = inner_layers[_target_layer(inner_layers, layer_name)]
+        inner = keras.Model(target.inputs, [inner_target.output, target.outputs[0]])
+        before, after = layers[:target_index], layers[target_index + 1 : -1]
+
+        def forward(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            outputs = inputs
+            for layer in before:
+                outputs = layer(outputs, training=False)
+            feature_maps, outputs = inner(outputs, training=False)
+            for layer in after:
+                outputs = layer(outputs, training=False)
+            return feature_maps, outputs
+
+        return forward, last_layer
+    grad_model = keras.Model(model.inputs, [target.output, last_layer.input])
+
+    def forward_flat(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        feature_maps, last_input = grad_model(inputs, training=False)
+        return feature_maps, last_input
+
+    return forward_flat, last_layer
+
+
+def input_region(*, preprocessing: str | None) -> tuple[float, float, float, float]:
+    """The part of the original image (top, left, bottom, right as fractions) the model input shows."""
+    if preprocessing == SeedProfile.name:
+        # Resize to 300 x 300, then a centre crop of 224: the borders never reach the model.
+        low = (SeedProfile.resize_to - INPUT_SIZE) // 2 / SeedProfile.resize_to
+        high = low + INPUT_SIZE / SeedProfile.resize_to
+        return (low, low, high, high)
+    return (0.0, 0.0, 1.0, 1.0)
+
+
+def _gray_uint8(image: DecodedImage) -> np.ndarray:
+    pixels = to_display_uint8(image)
+    if pixels.dtype == np.bool_:
+        pixels = pixels.astype(np.uint8) * 255
+    if pixels.ndim == 3:
+        channels = pixels.shape[2]
+        colour = pixels[:, :, : 3 if channels >= 3 else 1].astype(np.float32)
+        pixels = np.rint(colour.mean(axis=2)).astype(np.uint8)
+    return pixels
+
+
+def heatmap_overlay_png(
+    image: DecodedImage, heatmap: np.ndarray, *, preprocessing: str | None = None
+) -> bytes:
+    """The radiograph (8-bit gray) with the heat map in the 'jet' colour map over it, as PNG bytes.
+
+    Same size as the original image. Pass the model's ``preprocessing`` profile name so the heat
+    map lands on the region the model saw (the seed profile crops the borders away).
+    """
+    gray = _gray_uint8(image).astype(np.float32) / 255.0
+    height, width = gray.shape
+    top, left, bottom, right = input_region(preprocessing=preprocessing)
+    row0, row1 = round(top * height), round(bottom * height)
+    col0, col1 = round(left * width), round(right * width)
+    heat = np.zeros((height, width), dtype=np.float32)
+    if row1 > row0 and col1 > col0:
+        region = resize(np.clip(heatmap, 0.0, 1.0).astype(np.float32), (row1 - row0, col1 - col0), order=1)
+        heat[row0:row1, col0:col1] = np.clip(region, 0.0, 1.0)
+    colours = matplotlib.colormaps["jet"](heat)[:, :, :3]
+    # Where there is no heat, the radiograph shows unchanged; the hottest areas are half colour.
+    alpha = (OVERLAY_MAX_ALPHA * heat)[:, :, np.newaxis]
+    blended = (1.0 - alpha) * gray[:, :, np.newaxis] + alpha * colours
+    rgb = np.rint(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,246 @@
+"""The only bridge between Django/Celery and the inference engine.
+
+The web process uses `inspect_upload` (no TensorFlow: decoding only) and `enqueue_images`.
+The worker runs `predict_images`; beat runs `redispatch_stale_images`. TensorFlow and the
+model registry are imported inside the task, so the web process and the worker's parent
+process never load them.
+"""
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import InterfaceError, OperationalError, transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from inference.decoding import DecodedImage, DecodeError, decode_image
+from studies.models import BodyPart, Label, Radiograph
+from studies.services.predictions import (
+    ImageOutcome,
+    ModelRun,
+    predictions_record,
+    radiographs_claim,
+    radiographs_fail,
+    radiographs_mark_dispatched,
+    radiographs_mark_unsupported,
+    radiographs_release,
+    radiographs_requeue_stale,
+)
+
+logger = logging.getLogger(__name__)
+
+# An image claimed this many times without finishing keeps killing its worker: fail it.
+MAX_ATTEMPTS = 3
+MAX_RETRIES = 5
+# Errors that go away by themselves: the database restarting, a network volume hiccup.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError)
+# Publishing must not hold an upload request hostage when the broker is down: one quick
+# retry, then the image stays queued and the periodic re-dispatch sends it later.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+
+
+def inspect_upload(data: bytes) -> DecodedImage:
+    """Decode an upload to check it is a readable radiograph; raises DecodeError if not."""
+    return decode_image(data, max_pixels=settings.MSKDETECT_MAX_PIXELS)
+
+
+def enqueue_images(image_ids: Sequence[int]) -> None:
+    """Send the prediction job for these images once the current transaction commits.
+
+    Never raises when the broker is down: the images stay `queued` and
+    `redispatch_stale_images` sends them later.
+    """
+    ids = [int(image_id) for image_id in image_ids]
+    if ids:
+        transaction.on_commit(lambda: publish_images(image_ids=ids))
+
+
+def publish_images(*, image_ids: Sequence[int]) -> bool:
+    """Hand one job to the broker now and stamp the images as dispatched; False if it is down."""
+    ids = list(image_ids)
+    try:
+        predict_images.apply_async(args=[ids], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+    except (BrokerError, OSError) as exc:
+        logger.warning("Broker unavailable, %d image(s) stay queued for re-dispatch: %s", len(ids), exc)
+        return False
+    radiographs_mark_dispatched(image_ids=ids)
+    return True
+
+
+def _claim_expiry() -> timedelta:
+    # A claim older than the hard time limit belongs to a worker that is gone.
+    return timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+
+
+def _backoff(retries: int) -> int:
+    return min(5 * 2**retries, 300)
+
+
+@shared_task(
+    bind=True,
+    name="inference.tasks.predict_images",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.CELERY_TASK_TIME_LIMIT,
+    max_retries=MAX_RETRIES,
+    ignore_result=True,
+)
+def predict_images(self, image_ids: list[int]) -> None:
+    """Predict every pending image of the studies these images belong to, one batch per study.
+
+    Safe to deliver twice: images are claimed under a row lock, and an image that is no
+    longer pending is skipped.
+    """
+    try:
+        claimed = radiographs_claim(
+            image_ids=image_ids,
+            claimed_before=timezone.now() - _claim_expiry(),
+            max_attempts=MAX_ATTEMPTS,
+        )
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    batches = list(claimed.values())
+    for position, images in enumerate(batches):
+        try:
+            _predict_study(images=images)
+        except SoftTimeLimitExceeded:
+            remaining = [image.id for batch in batches[position:] for image in batch]
+            radiographs_fail(
+                image_ids=remaining,
+                message=f"Prediction took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s; stopped.",
+            )
+            return
+        except TRANSIENT_ERRORS as exc:
+            remaining = [image.id for batch in batches[position:] for image in batch]
+            _retry_or_fail(task=self, image_ids=remaining, exc=exc)
+        except Exception as exc:
+            # A bug or an input the model cannot take must not leave images `processing`
+            # forever: fail this study's images with the reason and go on with the next.
+            logger.exception("Prediction failed for images %s", [image.id for image in images])
+            radiographs_fail(image_ids=[image.id for image in images], message=f"Prediction failed: {exc}")
+
+
+def _retry_or_fail(*, task, image_ids: list[int], exc: Exception) -> None:
+    if task.request.retries >= task.max_retries:
+        radiographs_fail(
+            image_ids=image_ids,
+            message=f"Gave up after {task.max_retries} retries: {type(exc).__name__}: {exc}",
+        )
+        return
+    logger.warning("Transient error, retrying images %s: %s", image_ids, exc)
+    try:
+        radiographs_release(image_ids=image_ids)
+    except (OperationalError, InterfaceError):
+        # The database is the thing that is down: the stale-claim re-dispatch covers it.
+        logger.warning("Could not release images %s; re-dispatch will pick them up", image_ids)
+    raise task.retry(args=[image_ids], exc=exc, countdown=_backoff(task.request.retries))
+
+
+def _predict_study(*, images: list[Radiograph]) -> None:
+    # TensorFlow loads here, in the worker's child process, on the first job only.
+    from inference.predictor import Predictor
+    from inference.registry import ModelLoadError, UnsupportedBodyPart, get_registry
+
+    study = images[0].study
+    ids = [image.id for image in images]
+    try:
+        loaded = get_registry(settings.MSKDETECT_MODEL_DIR).get(study.body_part)
+    except UnsupportedBodyPart:
+        name = BodyPart(study.body_part).label if study.body_part in BodyPart.values else study.body_part
+        radiographs_mark_unsupported(
+            image_ids=ids,
+            message=f"No model is installed for {name} radiographs: this study needs a radiologist's read.",
+        )
+        return
+    except ModelLoadError as exc:
+        radiographs_fail(image_ids=ids, message=str(exc))
+        return
+
+    decoded: list[DecodedImage] = []
+    readable: list[Radiograph] = []
+    for image in images:
+        with default_storage.open(image.file.name, "rb") as stored:
+            data = stored.read()
+        try:
+            decoded.append(decode_image(data, max_pixels=settings.MSKDETECT_MAX_PIXELS))
+        except DecodeError as exc:
+            radiographs_fail(image_ids=[image.id], message=exc.message)
+            continue
+        readable.append(image)
+    if not readable:
+        return
+
+    spec = loaded.spec
+    predictor = Predictor(loaded, batch_size=settings.MSKDETECT_BATCH_SIZE)
+    # Preprocessed once: the same batch feeds the prediction and Grad-CAM.
+    started = time.perf_counter()
+    batch = predictor.preprocess(decoded)
+    preprocessed = time.perf_counter()
+    probabilities = predictor.abnormal_probabilities(batch)
+    finished = time.perf_counter()
+    overlays = _heatmap_overlays(loaded=loaded, batch=batch, decoded=decoded)
+    predictions_record(
+        study_id=study.id,
+        run=ModelRun(
+            model_name=spec.name,
+            body_part=spec.body_part,
+            model_version=loaded.version,
+            threshold=spec.threshold,
+            demo=spec.demo,
+            preprocessing=spec.preprocessing,
+            preprocess_ms=(preprocessed - started) * 1000 / len(decoded),
+            inference_ms=(finished - preprocessed) * 1000 / len(decoded),
+        ),
+        outcomes=[
+            ImageOutcome(
+                radiograph_id=image.id,
+                abnormal_probability=float(probability),
+                label=Label.ABNORMAL if probability >= spec.threshold else Label.NORMAL,
+                heatmap_png=overlay,
+            )
+            for image, probability, overlay in zip(readable, probabilities, overlays, strict=True)
+        ],
+    )
+
+
+def _heatmap_overlays(*, loaded, batch, decoded: list[DecodedImage]) -> list[bytes | None]:
+    from inference.gradcam import gradcam_heatmaps, heatmap_overlay_png
+
+    spec = loaded.spec
+    try:
+        heatmaps = gradcam_heatmaps(loaded.model, batch, class_index=spec.abnormal_index)
+        return [
+            heatmap_overlay_png(image, heatmap, preprocessing=spec.preprocessing)
+            for image, heatmap in zip(decoded, heatmaps, strict=True)
+        ]
+    except Exception:
+        # A heat map is an aid, not the result: when Grad-CAM fails the predictions still stand.
+        logger.exception("Grad-CAM failed; the predictions are stored without heat maps")
+        return [None] * len(decoded)
+
+
+@shared_task(name="inference.tasks.redispatch_stale_images", ignore_result=True)
+def redispatch_stale_images() -> int:
+    """Send again every image left queued (broker was down) or held by a dead worker's claim."""
+    now = timezone.now()
+    stale = radiographs_requeue_stale(
+        queued_before=now - timedelta(seconds=settings.MSKDETECT_REDISPATCH_AFTER_SECONDS),
+        claimed_before=now - _claim_expiry(),
+    )
+    by_study: dict[int, list[int]] = {}
+    for image_id, study_id in stale:
+        by_study.setdefault(study_id, []).append(image_id)
+    sent = 0
+    for ids in by_study.values():
+        if publish_images(image_ids=ids):
+            sent += len(ids)
+    if stale:
+        logger.info("Re-dispatched %d of %d stale image(s)", sent, len(stale))
+    return sent

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `make run`: migrate, create the demo users, pick the models (real weights when present,
+# generated demo models otherwise), then run the web server and a real Celery worker (with
+# embedded beat) in the foreground. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-mskdetect.settings.local}"
+export PYTHONUNBUFFERED=1
+mkdir -p var
+
+"$PY" manage.py migrate --noinput
+"$PY" manage.py seed_demo
+
+# Real weights: any weight file that models/models.toml lists is present in models/.
+real_weights() {
+  "$PY" - <<'PYEOF'
+import sys, tomllib
+from pathlib import Path
+manifest = Path("models/models.toml")
+if not manifest.is_file():
+    sys.exit(1)
+entries = tomllib.loads(manifest.read_text())
+present = [e["file"] for e in entries.values() if isinstance(e, dict) and (Path("models") / e.get("file", "")).is_file()]
+sys.exit(0 if present else 1)
+PYEOF
+}
+
+if [ -z "${MSKDETECT_MODEL_DIR:-}" ]; then
+  if real_weights; then
+    export MSKDETECT_MODEL_DIR=models
+  else
+    export MSKDETECT_MODEL_DIR=models/demo
+    if [ ! -f models/demo/models.toml ]; then
+      echo "No real weights in models/: building the demo models (once, about a minute)..."
+      "$PY" manage.py build_demo_models --out models/demo
+    fi
+  fi
+fi
+
+"$PY" - <<'PYEOF'
+import os, tomllib
+from pathlib import Path
+model_dir = Path(os.environ["MSKDETECT_MODEL_DIR"])
+manifest = model_dir / "models.toml"
+entries = tomllib.loads(manifest.read_text()) if manifest.is_file() else {}
+print(f"Models in use ({model_dir}):")
+for body_part, entry in sorted(entries.items()):
+    if not isinstance(entry, dict):
+        continue
+    state = "present" if (model_dir / entry.get("file", "")).is_file() else "MISSING"
+    demo = "  DEMO MODEL - NOT FOR CLINICAL USE" if entry.get("demo") else ""
+    print(f"  {body_part:<12} {entry.get('file', '?'):<28} {state}{demo}")
+if not entries:
+    print("  none: every upload will be marked unsupported")
+PYEOF
+
+# Each child runs in its own process group, so stopping it also stops what it started
+# (runserver's autoreloader child, the worker's pool processes and beat).
+set -m
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 20); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+}
+trap stop_all INT TERM EXIT
+
+"$PY" manage.py runserver 0.0.0.0:8000 &
+pids+=($!)
+.venv/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO &
+pids+=($!)
+
+echo "MSK-Detect: http://127.0.0.1:8000/  (Ctrl-C stops the web server and the worker)"
+# When either one exits, stop the other.
+wait -n || true

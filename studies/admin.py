@@ -1,0 +1,121 @@
+"""Django admin: every clinical model is browsable, searchable and filterable, and read-only.
+
+Clinical writes go through studies/services so that each one is validated and audited; an
+admin form saving rows directly would bypass both. The audit log is read-only for everyone,
+superusers included. Users and groups (roles) are managed in Django's own auth admin.
+"""
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from studies.models import AuditEvent, Patient, Prediction, Radiograph, Review, Study, StudyResult
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View, search and filter only: no add, change or delete, even for a superuser."""
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Patient)
+class PatientAdmin(ReadOnlyAdmin):
+    list_display = ["mrn", "name", "birth_date", "sex", "created_at", "created_by"]
+    list_filter = ["sex", "created_at"]
+    search_fields = ["mrn", "name"]
+    date_hierarchy = "created_at"
+
+
+class RadiographInline(admin.TabularInline):
+    model = Radiograph
+    fields = ["id", "format", "width", "height", "status", "error", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Study)
+class StudyAdmin(ReadOnlyAdmin):
+    list_display = ["accession_number", "patient", "body_part", "status", "study_date", "created_at"]
+    list_filter = ["status", "body_part", "created_at"]
+    search_fields = ["accession_number", "patient__mrn", "patient__name"]
+    list_select_related = ["patient"]
+    date_hierarchy = "created_at"
+    inlines = [RadiographInline]
+
+
+@admin.register(Radiograph)
+class RadiographAdmin(ReadOnlyAdmin):
+    list_display = ["id", "study", "format", "width", "height", "status", "attempts", "created_at"]
+    list_filter = ["status", "format", "study__body_part"]
+    search_fields = ["study__accession_number", "sha256", "study__patient__mrn"]
+    list_select_related = ["study"]
+    exclude = ["file"]  # the file is served by the authenticated API view, never by a media URL
+
+
+@admin.register(Prediction)
+class PredictionAdmin(ReadOnlyAdmin):
+    list_display = [
+        "radiograph",
+        "body_part",
+        "label",
+        "abnormal_probability",
+        "model_name",
+        "model_version",
+        "demo",
+    ]
+    list_filter = ["label", "body_part", "demo", "model_name"]
+    search_fields = ["model_version", "model_name", "radiograph__study__accession_number"]
+    list_select_related = ["radiograph__study"]
+    exclude = ["heatmap"]
+
+
+@admin.register(StudyResult)
+class StudyResultAdmin(ReadOnlyAdmin):
+    list_display = [
+        "study",
+        "label",
+        "abnormal_probability",
+        "threshold",
+        "model_name",
+        "model_version",
+        "demo",
+    ]
+    list_filter = ["label", "demo", "model_name"]
+    search_fields = ["study__accession_number", "model_version"]
+    list_select_related = ["study"]
+
+
+@admin.register(Review)
+class ReviewAdmin(ReadOnlyAdmin):
+    list_display = ["study", "radiologist", "decision", "final_label", "model_label", "created_at"]
+    list_filter = ["decision", "final_label", "model_label", "created_at"]
+    search_fields = ["study__accession_number", "radiologist__username", "comment"]
+    list_select_related = ["study", "radiologist"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "actor_username",
+        "action",
+        "object_type",
+        "object_id",
+        "study",
+        "ip_address",
+    ]
+    list_filter = ["action", "object_type", "created_at"]
+    search_fields = ["actor_username", "action", "object_id", "study__accession_number"]
+    list_select_related = ["study"]
+    date_hierarchy = "created_at"

@@ -1,0 +1,108 @@
+"""`/healthz`: is the database reachable, the broker reachable, which models are installed.
+
+No authentication and no patient data. The models are checked from `models.toml` and the file
+system only (inference.registry imports Keras, and a health probe must not load TensorFlow).
+"""
+
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from studies.models import BodyPart
+
+logger = logging.getLogger(__name__)
+
+OK = "ok"
+ERROR = "error"
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
+def check_database() -> dict[str, Any]:
+    """`SELECT 1` on the default database."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        logger.warning("Health check: database unreachable: %s", exc)
+        return {"status": ERROR, "error": type(exc).__name__}
+    return {"status": OK, "vendor": connection.vendor}
+
+
+def check_broker(*, timeout: float = BROKER_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """Open (and close) a connection to the Celery broker, giving up after `timeout` seconds."""
+    from mskdetect.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            transport = str(conn.transport_cls)
+            if transport == "filesystem":
+                _check_queue_folders(conn.transport_options)
+    except Exception as exc:
+        logger.warning("Health check: broker unreachable: %s", exc)
+        return {"status": ERROR, "error": type(exc).__name__}
+    return {"status": OK, "transport": transport}
+
+
+def _check_queue_folders(options: dict[str, Any]) -> None:
+    # The filesystem transport "connects" without touching the disk; the queue folder is the broker.
+    for key in ("data_folder_in", "data_folder_out"):
+        folder = options.get(key)
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"queue folder {key} does not exist")
+
+
+def check_models(*, model_dir: Path | None = None) -> dict[str, Any]:
+    """Each body part: whether `models.toml` configures it and whether its weight file is there."""
+    model_dir = Path(model_dir or settings.MSKDETECT_MODEL_DIR)
+    manifest = model_dir / "models.toml"
+    try:
+        entries = tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"status": ERROR, "error": "models.toml not found", "body_parts": {}}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return {"status": ERROR, "error": f"models.toml unreadable: {type(exc).__name__}", "body_parts": {}}
+    body_parts: dict[str, dict[str, Any]] = {}
+    for body_part in BodyPart.values:
+        entry = entries.get(body_part)
+        if not isinstance(entry, dict) or not entry.get("file"):
+            body_parts[body_part] = {"configured": False, "installed": False}
+            continue
+        body_parts[body_part] = {
+            "configured": True,
+            "installed": (model_dir / str(entry["file"])).is_file(),
+            "demo": bool(entry.get("demo", False)),
+        }
+    configured = [part for part in body_parts.values() if part["configured"]]
+    installed = [part for part in configured if part["installed"]]
+    # Missing weights are not an outage: those body parts' images wait for a human read.
+    status = OK if configured and len(installed) == len(configured) else "degraded"
+    return {
+        "status": status,
+        "installed": len(installed),
+        "configured": len(configured),
+        "body_parts": body_parts,
+    }
+
+
+def health_report() -> dict[str, Any]:
+    """The whole report; `status` is ok when the database and the broker are."""
+    report = {"database": check_database(), "broker": check_broker(), "models": check_models()}
+    healthy = report["database"]["status"] == OK and report["broker"]["status"] == OK
+    return {"status": OK if healthy else ERROR, **report}
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database and broker answer, 503 otherwise; the models section is informative."""
+    report = health_report()
+    return JsonResponse(report, status=200 if report["status"] == OK else 503)

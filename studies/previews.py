@@ -1,0 +1,35 @@
+"""8-bit PNG previews of stored radiographs, for browsers (which cannot show DICOM or 16-bit PNG)."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+PREVIEW_MAX_SIDE = 1024
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    # 16-bit radiographs rarely use their full range (a 12-bit detector in a 16-bit PNG):
+    # stretch what is there so the preview is not nearly black.
+    values = pixels.astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def render_preview_png(*, data: bytes, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """Decode a stored upload (PNG, JPEG or DICOM) and return a PNG no larger than max_side."""
+    from inference.tasks import inspect_upload
+
+    decoded = inspect_upload(data)
+    pixels = _to_uint8(decoded.pixels)
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[:, :, :3]
+    image = Image.fromarray(pixels)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

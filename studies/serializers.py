@@ -1,0 +1,291 @@
+"""API output and input shapes (DESIGN.md's REST table). Output serializers only read."""
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from studies.models import (
+    AuditEvent,
+    BodyPart,
+    Label,
+    Patient,
+    Prediction,
+    Radiograph,
+    Review,
+    ReviewDecision,
+    Sex,
+    Study,
+    StudyStatus,
+)
+from studies.selectors import latest_prediction
+from studies.services.studies import unknown_body_part_message
+
+DEMO_NOTICE = "demo model — not for clinical use"
+
+
+def _absolute(request, name: str, pk: int) -> str:
+    url = reverse(f"api:{name}", kwargs={"pk": pk})
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+# --- patients ---------------------------------------------------------------------------
+class PatientInputSerializer(serializers.Serializer):
+    mrn = serializers.CharField(max_length=64)
+    name = serializers.CharField(max_length=200)
+    birth_date = serializers.DateField(required=False, allow_null=True, default=None)
+    sex = serializers.ChoiceField(choices=Sex.choices, required=False, default=Sex.UNKNOWN)
+
+
+class PatientOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Patient
+        fields = ["id", "mrn", "name", "birth_date", "sex", "created_at"]
+        read_only_fields = fields
+
+
+class PatientFilterSerializer(serializers.Serializer):
+    search = serializers.CharField(required=False, allow_blank=True)
+
+
+# --- predictions, results, reviews ------------------------------------------------------
+class PredictionOutputSerializer(serializers.ModelSerializer):
+    notice = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "abnormal_probability",
+            "label",
+            "model_name",
+            "model_version",
+            "demo",
+            "finished_at",
+            "threshold",
+            "notice",
+        ]
+        read_only_fields = fields
+
+    def get_notice(self, prediction: Prediction) -> str | None:
+        return DEMO_NOTICE if prediction.demo else None
+
+
+class StudyResultOutputSerializer(serializers.Serializer):
+    abnormal_probability = serializers.FloatField()
+    label = serializers.ChoiceField(choices=Label.choices)
+    flagged = serializers.BooleanField()
+    threshold = serializers.FloatField()
+    model_name = serializers.CharField()
+    model_version = serializers.CharField()
+    demo = serializers.BooleanField()
+    notice = serializers.CharField(allow_null=True)
+
+
+def study_result_data(study: Study) -> dict | None:
+    """The `result` object of a study, or None while there is none."""
+    try:
+        result = study.result
+    except Study.result.RelatedObjectDoesNotExist:
+        return None
+    return {
+        "abnormal_probability": result.abnormal_probability,
+        "label": result.label,
+        "flagged": bool(study.is_flagged),
+        "threshold": result.threshold,
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "demo": result.demo,
+        "notice": DEMO_NOTICE if result.demo else None,
+    }
+
+
+class ReviewInputSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=ReviewDecision.choices)
+    final_label = serializers.ChoiceField(
+        choices=Label.choices, required=False, allow_null=True, default=None
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class ReviewOutputSerializer(serializers.ModelSerializer):
+    radiologist = serializers.CharField(source="radiologist.get_username", read_only=True)
+
+    class Meta:
+        model = Review
+        fields = [
+            "id",
+            "study",
+            "radiologist",
+            "decision",
+            "final_label",
+            "model_label",
+            "model_version",
+            "comment",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+# --- images -----------------------------------------------------------------------------
+class ImageOutputSerializer(serializers.ModelSerializer):
+    prediction = serializers.SerializerMethodField()
+    file_url = serializers.SerializerMethodField()
+    preview_url = serializers.SerializerMethodField()
+    heatmap_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Radiograph
+        fields = [
+            "id",
+            "study",
+            "status",
+            "error",
+            "format",
+            "width",
+            "height",
+            "created_at",
+            "prediction",
+            "file_url",
+            "preview_url",
+            "heatmap_url",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(PredictionOutputSerializer(allow_null=True))
+    def get_prediction(self, image: Radiograph) -> dict | None:
+        prediction = latest_prediction(image)
+        return PredictionOutputSerializer(prediction).data if prediction else None
+
+    def get_file_url(self, image: Radiograph) -> str:
+        return _absolute(self.context.get("request"), "image-file", image.pk)
+
+    def get_preview_url(self, image: Radiograph) -> str:
+        return _absolute(self.context.get("request"), "image-preview", image.pk)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_heatmap_url(self, image: Radiograph) -> str | None:
+        prediction = latest_prediction(image)
+        if prediction is None or not prediction.heatmap:
+            return None
+        return _absolute(self.context.get("request"), "image-heatmap", image.pk)
+
+
+class UploadedImageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+
+
+class UploadOutputSerializer(serializers.Serializer):
+    images = UploadedImageSerializer(many=True)
+
+
+class UploadInputSerializer(serializers.Serializer):
+    """Schema only: the view reads every `file` part from request.FILES."""
+
+    file = serializers.ListField(child=serializers.FileField())
+
+
+# --- studies ----------------------------------------------------------------------------
+class StudyInputSerializer(serializers.Serializer):
+    patient = serializers.IntegerField()
+    accession_number = serializers.CharField(max_length=64)
+    body_part = serializers.CharField(max_length=32)
+    study_date = serializers.DateField(required=False, allow_null=True, default=None)
+
+    def validate_body_part(self, value: str) -> str:
+        if value not in BodyPart.values:
+            raise serializers.ValidationError(unknown_body_part_message(value))
+        return value
+
+
+class StudyFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=StudyStatus.choices, required=False)
+    body_part = serializers.CharField(required=False)
+    flagged = serializers.BooleanField(required=False, allow_null=True, default=None)
+    reviewed = serializers.BooleanField(required=False, allow_null=True, default=None)
+    patient = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+    def validate_body_part(self, value: str) -> str:
+        if value not in BodyPart.values:
+            raise serializers.ValidationError(unknown_body_part_message(value))
+        return value
+
+
+class StudyListOutputSerializer(serializers.ModelSerializer):
+    patient_mrn = serializers.CharField(source="patient.mrn", read_only=True)
+    patient_name = serializers.CharField(source="patient.name", read_only=True)
+    result = serializers.SerializerMethodField()
+    flagged = serializers.BooleanField(source="is_flagged", read_only=True)
+    reviewed = serializers.BooleanField(source="is_reviewed", read_only=True)
+    final_label = serializers.CharField(allow_null=True, read_only=True)
+
+    class Meta:
+        model = Study
+        fields = [
+            "id",
+            "patient",
+            "patient_mrn",
+            "patient_name",
+            "accession_number",
+            "body_part",
+            "study_date",
+            "status",
+            "error",
+            "created_at",
+            "result",
+            "flagged",
+            "reviewed",
+            "final_label",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(StudyResultOutputSerializer(allow_null=True))
+    def get_result(self, study: Study) -> dict | None:
+        return study_result_data(study)
+
+
+class StudyDetailOutputSerializer(StudyListOutputSerializer):
+    images = ImageOutputSerializer(many=True, read_only=True)
+    reviews = ReviewOutputSerializer(many=True, read_only=True)
+
+    class Meta(StudyListOutputSerializer.Meta):
+        fields = [*StudyListOutputSerializer.Meta.fields, "images", "reviews"]
+        read_only_fields = fields
+
+
+# --- audit ------------------------------------------------------------------------------
+class AuditEventFilterSerializer(serializers.Serializer):
+    study = serializers.IntegerField(required=False, allow_null=True, default=None)
+    actor = serializers.CharField(required=False, allow_blank=True)
+    action = serializers.CharField(required=False, allow_blank=True)
+
+
+class AuditEventOutputSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_username", read_only=True)
+    actor_id = serializers.IntegerField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "actor_id",
+            "action",
+            "object_type",
+            "object_id",
+            "study",
+            "ip_address",
+            "details",
+        ]
+        read_only_fields = fields
+
+
+# --- auth -------------------------------------------------------------------------------
+class TokenInputSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False, style={"input_type": "password"})
+
+
+class TokenOutputSerializer(serializers.Serializer):
+    token = serializers.CharField()

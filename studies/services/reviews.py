@@ -1,0 +1,80 @@
+"""Radiologist reviews: confirm or override the model's study result."""
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from studies.audit import audit_record
+from studies.errors import ApplicationError, ConflictError, NotAllowedError
+from studies.models import Label, Review, ReviewDecision, Study, StudyResult, StudyStatus
+from studies.permissions import is_radiologist
+
+
+@transaction.atomic
+def review_create(
+    *,
+    study: Study,
+    radiologist: AbstractBaseUser,
+    decision: str,
+    final_label: str | None,
+    comment: str = "",
+    ip: str | None = None,
+) -> Review:
+    """Rule on the study's result. Confirm keeps the model's label; override changes it and needs a reason.
+
+    Earlier reviews are kept; the latest one is the study's final label.
+    """
+    if not is_radiologist(radiologist):
+        raise NotAllowedError("Only radiologists may review studies.")
+    # The row lock orders concurrent reviews and a result arriving at the same moment.
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    result = StudyResult.objects.filter(study=study).first()
+    if result is None:
+        raise ConflictError("This study has no model result yet; it can be reviewed once it has one.")
+    comment = (comment or "").strip()
+    if decision == ReviewDecision.CONFIRM:
+        if final_label and final_label != result.label:
+            raise ApplicationError(
+                "A confirmation keeps the model's label.",
+                extra={"final_label": [f"Confirming keeps '{result.label}'; use override to change it."]},
+            )
+        final_label = result.label
+    elif decision == ReviewDecision.OVERRIDE:
+        errors: dict[str, list[str]] = {}
+        if final_label not in Label.values:
+            errors["final_label"] = [f"Choose the final label: {', '.join(Label.values)}."]
+        elif final_label == result.label:
+            errors["final_label"] = [f"The model already said '{result.label}'; use confirm to agree."]
+        if not comment:
+            errors["comment"] = ["An override needs a comment giving the reason."]
+        if errors:
+            raise ApplicationError("The override is incomplete.", extra=errors)
+    else:
+        raise ApplicationError(
+            f"Unknown decision '{decision}'.",
+            extra={"decision": [f"Choose one of: {', '.join(ReviewDecision.values)}."]},
+        )
+    review = Review.objects.create(
+        study=study,
+        radiologist=radiologist,
+        decision=decision,
+        final_label=final_label,
+        model_label=result.label,
+        model_version=result.model_version,
+        comment=comment,
+    )
+    study.status = StudyStatus.REVIEWED
+    study.save(update_fields=["status", "updated_at"])
+    audit_record(
+        actor=radiologist,
+        action="study.reviewed",
+        obj=review,
+        study=study,
+        ip=ip,
+        details={
+            "decision": decision,
+            "final_label": final_label,
+            "model_label": result.label,
+            "model_version": result.model_version,
+        },
+    )
+    return review

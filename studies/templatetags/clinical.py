@@ -1,0 +1,85 @@
+"""Template helpers for the clinical pages: roles, P(abnormal) bars, status badges, ages."""
+
+from datetime import datetime
+
+from django import template
+from django.utils import timezone
+
+from studies.permissions import is_admin, is_radiologist, is_staff_member
+
+register = template.Library()
+
+# Each status has a text label and a symbol; the colour only repeats what they already say.
+STUDY_STATUS_STYLE = {
+    "new": ("secondary", "○"),
+    "queued": ("info", "…"),
+    "processing": ("primary", "⟳"),
+    "predicted": ("success", "✓"),
+    "failed": ("danger", "✕"),
+    "unsupported": ("warning", "?"),
+    "reviewed": ("dark", "★"),
+    "done": ("success", "✓"),
+}
+
+
+@register.simple_tag
+def role_label(user) -> str:
+    """The user's role as the navbar shows it."""
+    if is_admin(user):
+        return "Admin"
+    if is_radiologist(user):
+        return "Radiologist"
+    if is_staff_member(user):
+        return "Staff"
+    return "No role"
+
+
+@register.inclusion_tag("includes/status_badge.html")
+def status_badge(status: str, display: str = "") -> dict:
+    """A badge with the status's symbol and name."""
+    colour, symbol = STUDY_STATUS_STYLE.get(status, ("secondary", "•"))
+    return {"status": status, "display": display or status.title(), "colour": colour, "symbol": symbol}
+
+
+@register.inclusion_tag("includes/prob_bar.html")
+def prob_bar(probability: float | None, threshold: float | None = None, width: int = 90) -> dict:
+    """P(abnormal) as a bar (an inline SVG, allowed by the CSP) with the number beside it."""
+    if probability is None:
+        return {"probability": None}
+    probability = min(max(float(probability), 0.0), 1.0)
+    is_abnormal = threshold is not None and probability >= threshold
+    return {
+        "probability": probability,
+        "percent": f"{probability * 100:.1f}",
+        "fill_width": round(probability * width, 1),
+        "threshold_x": round(threshold * width, 1) if threshold is not None else None,
+        "threshold": threshold,
+        "is_abnormal": is_abnormal,
+        "width": width,
+    }
+
+
+@register.filter
+def short_age(value: datetime | None) -> str:
+    """How long ago, compactly: '45 s', '12 min', '5 h', '3 d'."""
+    if value is None:
+        return ""
+    seconds = max(int((timezone.now() - value).total_seconds()), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+@register.filter
+def percent(value: float | None, digits: int = 1) -> str:
+    """0.1234 → '12.3 %'; None → '—' (undefined, e.g. no reviewed study)."""
+    if value is None:
+        return "—"
+    return f"{value * 100:.{int(digits)}f} %"
+
+
+@register.filter
+def short_version(value: str | None) -> str:
+    """The first 12 characters of a sha256 model version."""
+    return (value or "")[:12]

@@ -1,0 +1,352 @@
+"""HTML pages for clinicians: thin views that read through selectors and write through services."""
+
+import functools
+from collections.abc import Callable
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from studies import selectors, selectors_ui, services
+from studies.audit import request_ip
+from studies.dashboard import DRIFT_MIN_STUDIES, DRIFT_WINDOW_DAYS, DRIFT_Z, summarize
+from studies.errors import ApplicationError, UploadRejected
+from studies.forms import LoginForm, ReviewForm, StaffPasswordChangeForm, StudyNewForm, WorklistFilterForm
+from studies.models import BodyPart, ImageStatus, Study, StudyStatus
+from studies.permissions import is_radiologist, is_staff_member
+from studies.services.ui import study_register
+
+WORKLIST_PAGE_SIZE = 25
+ACTIVE_STUDY_STATUSES = {StudyStatus.QUEUED, StudyStatus.PROCESSING}
+ACTIVE_IMAGE_STATUSES = {ImageStatus.QUEUED, ImageStatus.PROCESSING}
+RERUNNABLE_IMAGE_STATUSES = {ImageStatus.FAILED, ImageStatus.UNSUPPORTED}
+# DICOM BodyPartExamined defined terms (PS3.16 CID 4031) that map onto a MURA study type.
+DICOM_BODY_PARTS = {
+    "ELBOW": BodyPart.ELBOW,
+    "FINGER": BodyPart.FINGER,
+    "THUMB": BodyPart.FINGER,
+    "FOREARM": BodyPart.FOREARM,
+    "HAND": BodyPart.HAND,
+    "HUMERUS": BodyPart.HUMERUS,
+    "ARM": BodyPart.HUMERUS,
+    "UPPER ARM": BodyPart.HUMERUS,
+    "SHOULDER": BodyPart.SHOULDER,
+    "WRIST": BodyPart.WRIST,
+}
+
+View = Callable[..., HttpResponse]
+
+
+def staff_required(view: View) -> View:
+    """Logged in (else to the login page) and in a clinical role (else 403)."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not is_staff_member(request.user):
+            raise PermissionDenied("Your account has no clinical role.")
+        return view(request, *args, **kwargs)
+
+    return login_required(wrapper)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _is_htmx(request: HttpRequest) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+# --- authentication ----------------------------------------------------------------------------
+class LoginView(auth_views.LoginView):
+    form_class = LoginForm
+    redirect_authenticated_user = True
+    extra_context = {"session_idle_minutes": settings.SESSION_COOKIE_AGE // 60}
+
+
+class LogoutView(auth_views.LogoutView):
+    """POST only (Django's default); says so after the redirect to the login page."""
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = super().post(request, *args, **kwargs)
+        messages.info(request, "You have been logged out.")
+        return response
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = StaffPasswordChangeForm
+    success_url = reverse_lazy("password_change_done")
+
+
+# --- worklist ----------------------------------------------------------------------------------
+@require_GET
+@staff_required
+def worklist(request: HttpRequest) -> HttpResponse:
+    """The home page: studies in priority order, filtered, paginated; polls while jobs run."""
+    form = WorklistFilterForm(request.GET or None)
+    studies = selectors_ui.worklist_page(user=request.user, **form.selector_filters())
+    page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = list(page.object_list)
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "rows": rows,
+        "query": query.urlencode(),
+        "poll_url": request.get_full_path(),
+        "is_active": any(study.status in ACTIVE_STUDY_STATUSES for study in rows),
+    }
+    if _is_htmx(request) and request.headers.get("HX-Target") == "worklist-table":
+        return render(request, "studies/partials/worklist_table.html", context)
+    return render(request, "studies/worklist.html", context)
+
+
+# --- new study ---------------------------------------------------------------------------------
+@require_http_methods(["GET", "POST"])
+@staff_required
+def study_new(request: HttpRequest) -> HttpResponse:
+    """Register a study (and its patient when new); the page's script then uploads each file."""
+    form = StudyNewForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            study = study_register(
+                patient_id=data["patient"],
+                new_patient={key: data[key] for key in ("mrn", "name", "birth_date", "sex")},
+                accession_number=data["accession_number"],
+                body_part=data["body_part"],
+                study_date=data["study_date"],
+                actor=request.user,
+                ip=request_ip(request),
+            )
+        except ApplicationError as error:
+            form.add_application_error(error)
+        else:
+            if _wants_json(request):
+                return JsonResponse(
+                    {
+                        "study_id": study.pk,
+                        "detail_url": reverse("study_detail", args=[study.pk]),
+                        "upload_url": reverse("study_upload", args=[study.pk]),
+                    },
+                    status=201,
+                )
+            messages.success(request, f"Study {study.accession_number} registered.")
+            files = request.FILES.getlist("file")
+            if files:
+                _add_images(request, study=study, files=files)
+            return redirect("study_detail", pk=study.pk)
+    if request.method == "POST" and _wants_json(request):
+        return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+    return render(request, "studies/study_new.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@require_GET
+@staff_required
+def patient_search(request: HttpRequest) -> HttpResponse:
+    """The patient picker's results (an htmx partial)."""
+    term = request.GET.get("q", "").strip()
+    patients = list(selectors.patient_list(user=request.user, search=term)[:10]) if term else []
+    return render(request, "studies/partials/patient_results.html", {"patients": patients, "term": term})
+
+
+@require_POST
+@staff_required
+def study_inspect(request: HttpRequest) -> JsonResponse:
+    """Decode one file without storing it and return what it tells about the study (DICOM tags).
+
+    Nothing is stored and nothing is audited: the file is read in memory and forgotten.
+    """
+    from inference.decoding import DecodeError
+    from inference.tasks import inspect_upload
+
+    upload = request.FILES.get("file")
+    if upload is None:
+        return JsonResponse({"error": "No file was submitted."}, status=400)
+    if upload.size > settings.MSKDETECT_MAX_UPLOAD_BYTES:
+        limit = settings.MSKDETECT_MAX_UPLOAD_BYTES // (1024 * 1024)
+        return JsonResponse({"error": f"The file is larger than the {limit} MB limit."}, status=400)
+    try:
+        decoded = inspect_upload(upload.read())
+    except DecodeError as error:
+        return JsonResponse({"error": getattr(error, "message", "") or str(error)}, status=400)
+    metadata = dict(decoded.metadata)
+    body_part_tag = metadata.get("body_part_examined", "").upper()
+    prefill = {
+        "mrn": metadata.get("patient_id", ""),
+        "accession_number": metadata.get("accession_number", ""),
+        "body_part": DICOM_BODY_PARTS.get(body_part_tag, ""),
+        "study_date": metadata.get("study_date", ""),
+    }
+    patient = selectors_ui.patient_by_mrn(user=request.user, mrn=prefill["mrn"])
+    return JsonResponse(
+        {
+            "format": decoded.format,
+            "width": decoded.width,
+            "height": decoded.height,
+            "metadata": metadata,
+            "prefill": {key: value for key, value in prefill.items() if value},
+            "patient": {"id": patient.pk, "mrn": patient.mrn, "name": patient.name} if patient else None,
+        }
+    )
+
+
+def _add_images(request: HttpRequest, *, study: Study, files: list) -> list | None:
+    """Store the files through the upload service; each bad file becomes its own error message."""
+    try:
+        images = services.radiographs_add(study=study, files=files, actor=request.user, ip=request_ip(request))
+    except UploadRejected as error:
+        for name, reason in error.reasons.items():
+            messages.error(request, f"{name}: {reason}")
+        messages.error(request, "No image of that upload was stored; add the good files again.")
+        return None
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return None
+    messages.success(request, f"{len(images)} image(s) queued for analysis.")
+    return images
+
+
+@require_POST
+@staff_required
+def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    """Add images to a study: JSON for the page's per-file uploader, a redirect for a plain form."""
+    study = selectors.study_detail(user=request.user, study_id=pk)
+    files = request.FILES.getlist("file")
+    if not _wants_json(request):
+        _add_images(request, study=study, files=files)
+        return redirect("study_detail", pk=study.pk)
+    try:
+        images = services.radiographs_add(study=study, files=files, actor=request.user, ip=request_ip(request))
+    except UploadRejected as error:
+        return JsonResponse({"file": list(error.reasons.values()), "reasons": error.reasons}, status=400)
+    except ApplicationError as error:
+        return JsonResponse({"file": [error.message]}, status=error.status_code)
+    return JsonResponse(
+        {"images": [{"id": image.pk, "status": image.status, "name": image.original_name} for image in images]},
+        status=201,
+    )
+
+
+# --- study page --------------------------------------------------------------------------------
+def _study_context(request: HttpRequest, study: Study, *, review_form: ReviewForm | None = None) -> dict:
+    images = [(image, selectors.latest_prediction(image)) for image in study.images.all()]
+    # A missing one-to-one result raises an AttributeError subclass, which getattr turns into None.
+    result = getattr(study, "result", None)
+    include_views = request.GET.get("audit") == "all"
+    can_review = is_radiologist(request.user) and result is not None
+    return {
+        "study": study,
+        "patient": study.patient,
+        "images": images,
+        "result": result,
+        "reviews": list(study.reviews.all()),
+        "is_active": study.status in ACTIVE_STUDY_STATUSES
+        or any(image.status in ACTIVE_IMAGE_STATUSES for image, _ in images),
+        "can_requeue": any(image.status in RERUNNABLE_IMAGE_STATUSES for image, _ in images),
+        "failed_images": [image for image, _ in images if image.status == ImageStatus.FAILED],
+        "is_radiologist": is_radiologist(request.user),
+        "can_review": can_review,
+        "review_form": review_form or (ReviewForm() if can_review else None),
+        "audit_events": list(
+            selectors_ui.study_audit_trail(user=request.user, study_id=study.pk, include_views=include_views)[:200]
+        ),
+        "audit_include_views": include_views,
+        "audit_view_count": selectors_ui.study_view_count(user=request.user, study_id=study.pk),
+    }
+
+
+@require_GET
+@staff_required
+def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """Images, result, review panel and audit trail; opening it is audited."""
+    study = selectors.study_detail(user=request.user, study_id=pk)
+    services.study_view_record(study=study, actor=request.user, ip=request_ip(request))
+    return render(request, "studies/study_detail.html", _study_context(request, study))
+
+
+@require_GET
+@staff_required
+def study_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The live part of the study page, polled while jobs run (the page open was already audited)."""
+    study = selectors.study_detail(user=request.user, study_id=pk)
+    return render(request, "studies/partials/study_live.html", _study_context(request, study))
+
+
+@require_POST
+@login_required
+def study_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """A radiologist confirms or overrides the study's result."""
+    if not is_radiologist(request.user):
+        raise PermissionDenied("Only radiologists may review studies.")
+    study = selectors.study_detail(user=request.user, study_id=pk)
+    form = ReviewForm(request.POST)
+    if form.is_valid():
+        try:
+            services.review_create(
+                study=study,
+                radiologist=request.user,
+                decision=form.cleaned_data["decision"],
+                final_label=form.cleaned_data["final_label"] or None,
+                comment=form.cleaned_data["comment"],
+                ip=request_ip(request),
+            )
+        except ApplicationError as error:
+            form.add_application_error(error)
+        else:
+            messages.success(request, "Your review has been recorded.")
+            return redirect(reverse("study_detail", args=[study.pk]) + "#review")
+    context = _study_context(request, study, review_form=form)
+    return render(request, "studies/study_detail.html", context, status=400)
+
+
+@require_POST
+@staff_required
+def study_requeue(request: HttpRequest, pk: int) -> HttpResponse:
+    """"Run again": send the study's failed or unsupported images back to the worker."""
+    study = selectors.study_detail(user=request.user, study_id=pk)
+    try:
+        images = services.radiographs_requeue(study=study, actor=request.user, ip=request_ip(request))
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"{len(images)} image(s) sent for analysis again.")
+    return redirect("study_detail", pk=study.pk)
+
+
+# --- dashboard ---------------------------------------------------------------------------------
+@require_GET
+@staff_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Per body part and model version: volume, flagged rate, agreement with radiologists, drift."""
+    results, reviews = selectors_ui.dashboard_records(user=request.user)
+    summaries = summarize(results=results, reviews=reviews, now=timezone.now())
+    body_part_names = dict(BodyPart.choices)
+    chart = {
+        "labels": [f"{body_part_names.get(s.body_part, s.body_part)} · {s.model_version[:8]}" for s in summaries],
+        "flagged_rate": [s.flagged_rate for s in summaries],
+        "recent_rate": [s.drift.recent_rate if s.drift else None for s in summaries],
+        "baseline_rate": [s.drift.baseline_rate if s.drift else None for s in summaries],
+        "kappa": [s.kappa for s in summaries],
+        "sensitivity": [s.sensitivity for s in summaries],
+        "specificity": [s.specificity for s in summaries],
+    }
+    context = {
+        "summaries": summaries,
+        "chart": chart,
+        "body_part_names": body_part_names,
+        "warnings": [s for s in summaries if s.drift and s.drift.warning],
+        "drift_window_days": DRIFT_WINDOW_DAYS,
+        "drift_z": DRIFT_Z,
+        "drift_min_studies": DRIFT_MIN_STUDIES,
+    }
+    return render(request, "studies/dashboard.html", context)

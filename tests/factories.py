@@ -1,0 +1,130 @@
+"""factory_boy factories for the clinical records. Roles: UserFactory(role="staff"|"radiologist"|"admin"|None)."""
+
+import hashlib
+import io
+
+import factory
+import numpy as np
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.files.base import ContentFile
+from PIL import Image
+
+from studies.models import (
+    BodyPart,
+    ImageFormat,
+    ImageStatus,
+    Label,
+    Patient,
+    Prediction,
+    Radiograph,
+    Review,
+    ReviewDecision,
+    Sex,
+    Study,
+    StudyResult,
+)
+
+PASSWORD = "correct horse battery staple"
+
+
+def small_png(*, seed: int = 0, size: tuple[int, int] = (48, 64)) -> bytes:
+    """A small, valid 8-bit gray PNG whose bytes differ by seed (so sha256s differ)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=size, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    """`role`: "staff" (default), "radiologist", "admin" (a superuser) or None (no role at all)."""
+
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@hospital.example")
+    password = factory.django.Password(PASSWORD)
+
+    @classmethod
+    def _create(cls, model_class, *args, role: str | None = "staff", **kwargs):
+        kwargs.setdefault("is_superuser", role == "admin")
+        kwargs.setdefault("is_staff", role == "admin")
+        user = super()._create(model_class, *args, **kwargs)
+        if role in ("staff", "radiologist"):
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
+        return user
+
+
+class PatientFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Patient
+
+    mrn = factory.Sequence(lambda n: f"MRN{n:06d}")
+    name = factory.Sequence(lambda n: f"Patient {n}")
+    birth_date = factory.Faker("date_of_birth", minimum_age=5, maximum_age=90)
+    sex = Sex.FEMALE
+
+
+class StudyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Study
+
+    patient = factory.SubFactory(PatientFactory)
+    accession_number = factory.Sequence(lambda n: f"ACC{n:07d}")
+    body_part = BodyPart.WRIST
+
+
+class RadiographFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Radiograph
+        exclude = ("content",)
+
+    study = factory.SubFactory(StudyFactory)
+    content = factory.Sequence(lambda n: small_png(seed=n))
+    sha256 = factory.LazyAttribute(lambda r: hashlib.sha256(r.content).hexdigest())
+    format = ImageFormat.PNG
+    width = 64
+    height = 48
+    status = ImageStatus.QUEUED
+    file = factory.LazyAttribute(lambda r: ContentFile(r.content, name="upload.png"))
+
+
+class PredictionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Prediction
+
+    radiograph = factory.SubFactory(RadiographFactory, status=ImageStatus.DONE)
+    model_name = "WRIST"
+    body_part = factory.LazyAttribute(lambda p: p.radiograph.study.body_part)
+    model_version = "a" * 64
+    abnormal_probability = 0.8
+    label = factory.LazyAttribute(lambda p: Label.ABNORMAL if p.abnormal_probability >= 0.5 else Label.NORMAL)
+    threshold = 0.5
+    preprocessing = "seed"
+
+
+class StudyResultFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = StudyResult
+
+    study = factory.SubFactory(StudyFactory, status=Study.Status.PREDICTED)
+    abnormal_probability = 0.8
+    label = factory.LazyAttribute(lambda r: Label.ABNORMAL if r.abnormal_probability >= r.threshold else Label.NORMAL)
+    threshold = 0.5
+    model_name = "WRIST"
+    model_version = "a" * 64
+
+
+class ReviewFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Review
+
+    study = factory.SubFactory(StudyFactory, status=Study.Status.REVIEWED)
+    radiologist = factory.SubFactory(UserFactory, role="radiologist")
+    decision = ReviewDecision.CONFIRM
+    model_label = Label.ABNORMAL
+    final_label = factory.LazyAttribute(lambda r: r.model_label)
+    model_version = "a" * 64

@@ -1,0 +1,151 @@
+"""Preprocessing profiles: the seed profile must equal the original app's skimage pipeline."""
+
+import numpy as np
+import pytest
+import skimage.io
+from skimage.transform import resize
+
+from inference.decoding import DecodedImage, decode_image
+from inference.preprocessing import (
+    PROFILES,
+    UnknownProfile,
+    build_batch,
+    get_profile,
+    to_display_uint8,
+)
+from tests.conftest import SHARED_DATA
+from tests.inference import hostile
+
+
+def original_flask_app(path) -> np.ndarray:
+    """The seed app, verbatim: imread, resize to (300, 300, 3), centre crop 224, divide by 255."""
+    img = skimage.io.imread(str(path))
+    img = resize(img, (300, 300, 3))
+    img = img[38:262, 38:262]
+    return img / 255.0
+
+
+def _rgb() -> np.ndarray:
+    gray = hostile.gradient(260, 330)
+    return np.dstack([gray, gray[::-1], gray[:, ::-1]])
+
+
+EIGHT_BIT_FILES = {
+    "gray.png": lambda: hostile.png_bytes(hostile.gradient(260, 330)),
+    "rgb.png": lambda: hostile.png_bytes(_rgb()),
+    "rgba.png": lambda: hostile.png_bytes(np.dstack([_rgb(), hostile.gradient(260, 330)[::-1]])),
+    "small.png": lambda: hostile.png_bytes(hostile.gradient(120, 90)),  # upsampled, not shrunk
+    "gray.jpg": lambda: hostile.jpeg_bytes(hostile.gradient(260, 330)),
+    "rgb.jpg": lambda: hostile.jpeg_bytes(_rgb()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EIGHT_BIT_FILES))
+def test_seed_profile_equals_original_app_on_8bit_file(name, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(EIGHT_BIT_FILES[name]())
+
+    out = get_profile("seed")(decode_image(path.read_bytes()))
+
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, original_flask_app(path), atol=1e-6, rtol=0)
+    assert out.max() <= 1 / 255 + 1e-7 and out.min() >= 0  # the seed's double scaling, kept
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (SHARED_DATA / "jpeg").glob("*.jpg")))
+def test_seed_profile_equals_original_app_on_real_jpeg(name):
+    path = SHARED_DATA / "jpeg" / name
+
+    out = get_profile("seed")(decode_image(path.read_bytes()))
+
+    np.testing.assert_allclose(out, original_flask_app(path), atol=1e-6, rtol=0)
+
+
+def test_seed_gray_becomes_three_equal_channels_and_rgba_mixes_alpha(tmp_path):
+    seed = get_profile("seed")
+    gray = seed(decode_image(EIGHT_BIT_FILES["gray.png"]()))
+    rgba = seed(decode_image(EIGHT_BIT_FILES["rgba.png"]()))
+    rgb = seed(decode_image(EIGHT_BIT_FILES["rgb.png"]()))
+
+    np.testing.assert_array_equal(gray[:, :, 0], gray[:, :, 1])
+    np.testing.assert_array_equal(gray[:, :, 0], gray[:, :, 2])
+    # skimage interpolates 4 channels down to 3: alpha leaks in, as it did in the seed app.
+    assert np.abs(rgba - rgb).max() > 0.1 / 255
+
+
+def test_16bit_png_is_min_max_stretched_to_8bit():
+    stored = (hostile.gradient().astype(np.uint16) * 16) + 1000  # 12-bit data in a 16-bit PNG
+    decoded = decode_image(hostile.png_bytes(stored))
+
+    display = to_display_uint8(decoded)
+
+    assert display.dtype == np.uint8 and display.min() == 0 and display.max() == 255
+    expected = np.rint((stored - 1000.0) * 255 / (stored.max() - 1000.0)).astype(np.uint8)
+    np.testing.assert_array_equal(display, expected)
+
+
+def test_16bit_png_through_seed_equals_original_app_on_its_8bit_rendering(tmp_path):
+    source = SHARED_DATA / "png16" / "1068_1253423501_03_WRI-L2_F010.png"
+    decoded = decode_image(source.read_bytes())
+    eight_bit = tmp_path / "display.png"
+    eight_bit.write_bytes(hostile.png_bytes(to_display_uint8(decoded)))
+
+    out = get_profile("seed")(decoded)
+
+    np.testing.assert_allclose(out, original_flask_app(eight_bit), atol=1e-6, rtol=0)
+
+
+def test_dicom_window_maps_linearly_to_8bit():
+    stored = np.array([[0, 100, 200, 300, 400]], dtype=np.uint16)
+    ds = hostile.dicom_dataset(stored, bits_stored=12)
+    ds.WindowCenter = 200.5
+    ds.WindowWidth = 201  # LINEAR: 100 -> 0, 300 -> 255
+    decoded = decode_image(hostile.dicom_bytes(ds))
+
+    display = to_display_uint8(decoded)
+
+    np.testing.assert_array_equal(display, [[0, 0, 128, 255, 255]])
+
+
+def test_imagenet_profile_scales_to_minus_one_one_and_ignores_alpha():
+    profile = get_profile("imagenet-v1")
+    gray = profile(decode_image(EIGHT_BIT_FILES["gray.png"]()))
+    rgb = profile(decode_image(EIGHT_BIT_FILES["rgb.png"]()))
+    rgba = profile(decode_image(EIGHT_BIT_FILES["rgba.png"]()))
+    black = profile(DecodedImage(np.zeros((30, 30), np.uint8), "png", 30, 30, 8, {}))
+
+    assert gray.shape == rgb.shape == (224, 224, 3) and gray.dtype == np.float32
+    assert -1 <= gray.min() < -0.9 and 0.9 < gray.max() <= 1
+    np.testing.assert_array_equal(gray[:, :, 0], gray[:, :, 2])
+    np.testing.assert_allclose(rgba, rgb, atol=1e-6)
+    np.testing.assert_array_equal(black, np.full((224, 224, 3), -1.0, np.float32))
+
+
+def test_unknown_profile_is_a_clear_key_error():
+    with pytest.raises(UnknownProfile) as caught:
+        get_profile("seed-v0")
+
+    assert isinstance(caught.value, KeyError)
+    assert "seed-v0" in str(caught.value) and "imagenet-v1" in str(caught.value)
+
+
+def test_profiles_are_named_and_versioned():
+    assert {name: (profile.name, profile.version) for name, profile in PROFILES.items()} == {
+        "seed": ("seed", "1"),
+        "imagenet-v1": ("imagenet-v1", "1"),
+    }
+
+
+@pytest.mark.parametrize("profile_name", ["seed", "imagenet-v1"])
+def test_build_batch_stacks_every_shared_radiograph(profile_name):
+    paths = sorted((SHARED_DATA / "dicom").iterdir()) + sorted((SHARED_DATA / "png16").glob("*.png"))[:2]
+    images = [decode_image(path.read_bytes()) for path in paths]
+    profile = get_profile(profile_name)
+
+    batch = build_batch(images=images, profile=profile_name)
+
+    assert batch.shape == (len(images), 224, 224, 3) and batch.dtype == np.float32
+    assert np.isfinite(batch).all()
+    for index, image in enumerate(images):
+        np.testing.assert_array_equal(batch[index], profile(image))
+        assert batch[index].std() > 0  # an image, not a constant

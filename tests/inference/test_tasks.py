@@ -1,0 +1,304 @@
+"""The Celery bridge: claim, predict, record, fail readably, re-deliver without duplicates."""
+
+import hashlib
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.files.base import ContentFile
+from django.utils import timezone
+
+from inference import tasks
+from inference.decoding import DecodeError
+from mskdetect.celery import app as celery_app
+from studies.models import (
+    AuditEvent,
+    ImageStatus,
+    Patient,
+    Prediction,
+    Radiograph,
+    Study,
+    StudyResult,
+    StudyStatus,
+)
+from tests.conftest import SHARED_DATA
+from tests.inference.tiny_models import WRIST_FILE, write_tiny_model_dir
+
+WRISTS = sorted((SHARED_DATA / "png16").glob("*.png"))[:2]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_model_dir(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+def model_dir(settings, tiny_model_dir) -> Path:
+    settings.MSKDETECT_MODEL_DIR = tiny_model_dir
+    return tiny_model_dir
+
+
+def make_study(*, body_part: str = "XR_WRIST", accession: str = "ACC-1") -> Study:
+    patient, _ = Patient.objects.get_or_create(mrn="MRN-1", defaults={"name": "Test Patient"})
+    return Study.objects.create(
+        patient=patient, accession_number=accession, body_part=body_part, status=StudyStatus.QUEUED
+    )
+
+
+def add_image(study: Study, data: bytes, *, fmt: str = "png") -> Radiograph:
+    image = Radiograph(
+        study=study, sha256=hashlib.sha256(data).hexdigest(), format=fmt, width=1, height=1
+    )
+    image.file.save("upload", ContentFile(data), save=False)
+    image.save()
+    return image
+
+
+@pytest.mark.django_db
+def test_prediction_is_stored_with_heat_maps_and_the_study_result(model_dir):
+    study = make_study()
+    images = [add_image(study, path.read_bytes()) for path in WRISTS]
+
+    tasks.predict_images([image.id for image in images])
+
+    study.refresh_from_db()
+    assert study.status == StudyStatus.PREDICTED
+    assert study.error == ""
+    version = hashlib.sha256((model_dir / WRIST_FILE).read_bytes()).hexdigest()
+    predictions = list(Prediction.objects.filter(radiograph__study=study).order_by("radiograph_id"))
+    assert [p.radiograph_id for p in predictions] == [image.id for image in images]
+    for prediction in predictions:
+        assert prediction.model_version == version
+        assert prediction.demo is True
+        assert 0.0 <= prediction.abnormal_probability <= 1.0
+        assert prediction.label == ("abnormal" if prediction.abnormal_probability >= 0.5 else "normal")
+        with prediction.heatmap.open("rb") as heatmap:
+            assert heatmap.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert set(Radiograph.objects.filter(study=study).values_list("status", flat=True)) == {ImageStatus.DONE}
+    result = StudyResult.objects.get(study=study)
+    mean = sum(p.abnormal_probability for p in predictions) / len(predictions)
+    assert result.abnormal_probability == pytest.approx(mean)
+    assert result.label == ("abnormal" if mean >= 0.5 else "normal")
+    assert result.model_version == version
+    actions = list(AuditEvent.objects.filter(study=study).order_by("id").values_list("action", "actor"))
+    assert actions == [("inference.started", None), ("inference.completed", None)]
+
+
+@pytest.mark.django_db
+def test_a_second_delivery_of_the_same_job_changes_nothing(model_dir):
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+
+    tasks.predict_images([image.id])
+    events = AuditEvent.objects.count()
+    tasks.predict_images([image.id])
+
+    assert Prediction.objects.filter(radiograph=image).count() == 1
+    assert AuditEvent.objects.count() == events
+
+
+@pytest.mark.django_db
+def test_redelivery_after_a_crash_between_write_and_ack_keeps_one_prediction(model_dir):
+    # The worker stored the prediction, then died before acknowledging; the claim went stale.
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+    tasks.predict_images([image.id])
+    first = Prediction.objects.get(radiograph=image)
+    Radiograph.objects.filter(id=image.id).update(
+        status=ImageStatus.PROCESSING, dispatched_at=timezone.now() - timedelta(hours=2)
+    )
+
+    tasks.predict_images([image.id])
+
+    assert list(Prediction.objects.filter(radiograph=image)) == [first]
+    image.refresh_from_db()
+    assert image.status == ImageStatus.DONE
+
+
+@pytest.mark.django_db
+def test_a_claim_held_by_a_live_worker_is_left_alone(model_dir):
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+    Radiograph.objects.filter(id=image.id).update(status=ImageStatus.PROCESSING, dispatched_at=timezone.now())
+
+    tasks.predict_images([image.id])
+
+    assert not Prediction.objects.exists()
+
+
+@pytest.mark.django_db
+def test_one_corrupt_file_fails_that_image_only_with_a_readable_error(model_dir):
+    study = make_study()
+    good = add_image(study, WRISTS[0].read_bytes())
+    truncated = add_image(study, WRISTS[1].read_bytes()[:300])
+
+    tasks.predict_images([good.id, truncated.id])
+
+    truncated.refresh_from_db()
+    with pytest.raises(DecodeError) as decode_error:
+        tasks.inspect_upload(WRISTS[1].read_bytes()[:300])
+    assert truncated.status == ImageStatus.FAILED
+    assert truncated.error == decode_error.value.message
+    study.refresh_from_db()
+    assert study.status == StudyStatus.PREDICTED
+    assert study.error.startswith("1 of 2 images failed")
+    assert StudyResult.objects.get(study=study).abnormal_probability == pytest.approx(
+        Prediction.objects.get(radiograph=good).abnormal_probability
+    )
+
+
+@pytest.mark.django_db
+def test_a_study_whose_only_image_is_unreadable_fails(model_dir):
+    study = make_study()
+    image = add_image(study, b"definitely not a radiograph")
+
+    tasks.predict_images([image.id])
+
+    study.refresh_from_db()
+    assert study.status == StudyStatus.FAILED
+    assert study.error
+    assert not StudyResult.objects.filter(study=study).exists()
+
+
+@pytest.mark.django_db
+def test_a_body_part_without_a_model_waits_for_a_human_read(model_dir):
+    study = make_study(body_part="XR_SHOULDER")
+    image = add_image(study, WRISTS[0].read_bytes())
+
+    tasks.predict_images([image.id])
+
+    image.refresh_from_db()
+    study.refresh_from_db()
+    assert image.status == ImageStatus.UNSUPPORTED
+    assert study.status == StudyStatus.UNSUPPORTED
+    assert "Shoulder" in study.error
+    assert AuditEvent.objects.filter(study=study, action="inference.unsupported").exists()
+
+
+@pytest.mark.django_db
+def test_a_corrupt_weight_file_fails_the_images_and_names_the_file(model_dir):
+    study = make_study(body_part="XR_HAND")
+    image = add_image(study, WRISTS[0].read_bytes())
+
+    tasks.predict_images([image.id])  # returns: the worker stays up
+
+    image.refresh_from_db()
+    assert image.status == ImageStatus.FAILED
+    assert "broken_hand.keras" in image.error
+    study.refresh_from_db()
+    assert study.status == StudyStatus.FAILED
+    assert "broken_hand.keras" in study.error
+
+
+@pytest.mark.django_db
+def test_a_missing_stored_file_is_retried_then_failed_with_the_reason(model_dir):
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+    image.file.storage.delete(image.file.name)
+
+    # apply() runs the task here with Celery's retry machinery (retries run immediately).
+    tasks.predict_images.apply(args=[[image.id]])
+
+    image.refresh_from_db()
+    assert image.status == ImageStatus.FAILED
+    assert image.error.startswith(f"Gave up after {tasks.MAX_RETRIES} retries: FileNotFoundError")
+    assert image.attempts == 0
+
+
+@pytest.mark.django_db
+def test_an_image_that_keeps_killing_workers_is_failed_not_retried_forever(model_dir):
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+    stale = timezone.now() - timedelta(hours=2)
+    Radiograph.objects.filter(id=image.id).update(
+        status=ImageStatus.PROCESSING, dispatched_at=stale, attempts=tasks.MAX_ATTEMPTS
+    )
+
+    tasks.predict_images([image.id])
+
+    image.refresh_from_db()
+    assert image.status == ImageStatus.FAILED
+    assert "Gave up after 3 attempts" in image.error
+    assert not Prediction.objects.exists()
+
+
+def _use_broker(url: str) -> None:
+    # Connections and producers are pooled per app: drop them so the next publish uses `url`.
+    celery_app.conf.broker_url = url
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def broker_down():
+    # A closed port: the publisher's one quick retry fails, as when Redis is stopped.
+    saved = celery_app.conf.broker_url
+    _use_broker("redis://127.0.0.1:9/0")
+    yield
+    _use_broker(saved)
+
+
+@pytest.mark.django_db
+def test_publishing_with_the_broker_down_keeps_the_image_queued(broker_down, caplog):
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+
+    with caplog.at_level(logging.WARNING, logger="inference.tasks"):
+        published = tasks.publish_images(image_ids=[image.id])
+
+    assert published is False
+    image.refresh_from_db()
+    assert image.status == ImageStatus.QUEUED
+    assert image.dispatched_at is None
+    assert "stay queued" in caplog.text
+
+
+@pytest.mark.django_db
+def test_redispatch_finds_lost_jobs_and_dead_claims_only(broker_down):
+    study = make_study()
+    old = timezone.now() - timedelta(hours=2)
+    never_sent = add_image(study, b"a")
+    Radiograph.objects.filter(id=never_sent.id).update(created_at=old)
+    sent_long_ago = add_image(study, b"b")
+    Radiograph.objects.filter(id=sent_long_ago.id).update(dispatched_at=old)
+    dead_claim = add_image(study, b"c")
+    Radiograph.objects.filter(id=dead_claim.id).update(status=ImageStatus.PROCESSING, dispatched_at=old)
+    just_sent = add_image(study, b"d")
+    Radiograph.objects.filter(id=just_sent.id).update(dispatched_at=timezone.now())
+    live_claim = add_image(study, b"e")
+    Radiograph.objects.filter(id=live_claim.id).update(
+        status=ImageStatus.PROCESSING, dispatched_at=timezone.now()
+    )
+    done = add_image(study, b"f")
+    Radiograph.objects.filter(id=done.id).update(status=ImageStatus.DONE, dispatched_at=old)
+
+    sent = tasks.redispatch_stale_images()
+
+    assert sent == 0  # the broker is down: nothing sent, nothing lost
+    statuses = dict(Radiograph.objects.values_list("id", "status"))
+    assert statuses[dead_claim.id] == ImageStatus.QUEUED  # its worker is gone: back in line
+    assert statuses[live_claim.id] == ImageStatus.PROCESSING
+    assert statuses[done.id] == ImageStatus.DONE
+    from studies.services.predictions import radiographs_requeue_stale
+
+    now = timezone.now()
+    stale = radiographs_requeue_stale(
+        queued_before=now - timedelta(minutes=1), claimed_before=now - timedelta(minutes=30)
+    )
+    assert sorted(image_id for image_id, _ in stale) == sorted([never_sent.id, sent_long_ago.id, dead_claim.id])
+
+
+def test_inspect_upload_reads_a_real_radiograph():
+    decoded = tasks.inspect_upload(WRISTS[0].read_bytes())
+    assert decoded.format == "png"
+    assert decoded.width > 100 and decoded.height > 100
+
+
+def test_inspect_upload_refuses_an_enormous_image(settings):
+    settings.MSKDETECT_MAX_PIXELS = 1000
+    with pytest.raises(DecodeError) as refused:
+        tasks.inspect_upload(WRISTS[0].read_bytes())
+    assert refused.value.code == "too_many_pixels"
