@@ -5,7 +5,7 @@
 set -eu
 
 if [ "${MSKDETECT_WAIT_FOR_DB:-1}" = "1" ]; then
-    python /app/docker/wait_for_db.py
+    python "$(dirname "$0")/wait_for_db.py"
 fi
 
 exec "$@"

@@ -96,14 +96,14 @@ def synthetic_radiograph(*, body_part: str, abnormal: bool, rng: np.random.Gener
         position = rng.uniform(-0.3, 0.3) * length
         if rng.random() < 0.5:
             # Fracture: a dark gap across the bone, a few pixels wide.
-            gap = np.clip(2.0 - np.abs(along - position), 0, 1) * (mask > 0.2)
+            gap = np.clip(3.0 - np.abs(along - position), 0, 1) * (mask > 0.2)
             image = image * (1 - 0.85 * gap)
         else:
             # Lesion: a bright round spot on the bone.
             spot = bone_centre + position * np.array([np.sin(angle), np.cos(angle)])
-            radius = max(3.0, width / 3)
+            radius = max(3.5, width / 3)
             blob = np.exp(-((rows - spot[0]) ** 2 + (cols - spot[1]) ** 2) / (2 * radius**2))
-            image = image + 0.45 * blob * (mask > 0.2)
+            image = image + 0.5 * blob * (mask > 0.2)
     image = image + rng.normal(0, 0.03, size=image.shape)
     return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
 

@@ -14,6 +14,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from kombu import Connection
 
 from studies.models import BodyPart
 
@@ -38,10 +39,12 @@ def check_database() -> dict[str, Any]:
 
 def check_broker(*, timeout: float = BROKER_TIMEOUT_SECONDS) -> dict[str, Any]:
     """Open (and close) a connection to the Celery broker, giving up after `timeout` seconds."""
-    from mskdetect.celery import app
-
     try:
-        with app.connection_for_write() as conn:
+        with Connection(
+            settings.CELERY_BROKER_URL,
+            transport_options=dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}),
+            connect_timeout=timeout,
+        ) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
             transport = str(conn.transport_cls)
             if transport == "filesystem":

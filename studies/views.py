@@ -115,7 +115,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
 @staff_required
 def study_new(request: HttpRequest) -> HttpResponse:
     """Register a study (and its patient when new); the page's script then uploads each file."""
-    form = StudyNewForm(request.POST or None)
+    form = StudyNewForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -279,7 +279,10 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def study_live(request: HttpRequest, pk: int) -> HttpResponse:
     """The live part of the study page, polled while jobs run (the page open was already audited)."""
     study = selectors.study_detail(user=request.user, study_id=pk)
-    return render(request, "studies/partials/study_live.html", _study_context(request, study))
+    context = _study_context(request, study)
+    # The review panel and the audit trail change when the result arrives: swapped out of band.
+    context["oob"] = True
+    return render(request, "studies/partials/study_live.html", context)
 
 
 @require_POST

@@ -1,4 +1,4 @@
-"""factory_boy factories for the clinical records. Roles: UserFactory(role="staff"|"radiologist"|"admin"|None)."""
+"""factory_boy factories for the clinical records; UserFactory(role=...) puts the user in a role."""
 
 import hashlib
 import io
@@ -112,7 +112,9 @@ class StudyResultFactory(factory.django.DjangoModelFactory):
 
     study = factory.SubFactory(StudyFactory, status=Study.Status.PREDICTED)
     abnormal_probability = 0.8
-    label = factory.LazyAttribute(lambda r: Label.ABNORMAL if r.abnormal_probability >= r.threshold else Label.NORMAL)
+    label = factory.LazyAttribute(
+        lambda r: Label.ABNORMAL if r.abnormal_probability >= r.threshold else Label.NORMAL
+    )
     threshold = 0.5
     model_name = "WRIST"
     model_version = "a" * 64

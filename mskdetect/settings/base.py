@@ -112,7 +112,7 @@ STORAGES = {
 FILE_UPLOAD_PERMISSIONS = 0o640
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 MSKDETECT_MAX_UPLOAD_BYTES = env.int("MSKDETECT_MAX_UPLOAD_BYTES", default=200 * 1024 * 1024)
-MSKDETECT_MAX_PIXELS = env.int("MSKDETECT_MAX_PIXELS", default=60_000_000)
+MSKDETECT_MAX_PIXELS = env.int("MSKDETECT_MAX_PIXELS", default=50_000_000)
 MSKDETECT_MODEL_DIR = Path(env("MSKDETECT_MODEL_DIR", default=str(BASE_DIR / "models")))
 MSKDETECT_BATCH_SIZE = env.int("MSKDETECT_BATCH_SIZE", default=16)
 MSKDETECT_PROTECTED_MEDIA_PREFIX = env("MSKDETECT_PROTECTED_MEDIA_PREFIX", default="")
@@ -133,6 +133,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Musculoskeletal radiograph triage: patients, studies, images, reviews.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # One schema name per choice set: the same choices appear on several serializers.
+    "ENUM_NAME_OVERRIDES": {
+        "LabelEnum": "studies.models.Label",
+        "StudyStatusEnum": "studies.models.StudyStatus",
+        "ImageStatusEnum": "studies.models.ImageStatus",
+    },
 }
 
 # Celery. The embedded default is kombu's filesystem transport: a real queue on disk and a

@@ -48,19 +48,25 @@ AXES_CLIENT_IP_CALLABLE = _client_ip
 # Media: a filesystem (a named volume shared by web, workers and nginx) or S3-compatible storage.
 MSKDETECT_STORAGE = env("MSKDETECT_STORAGE", default="filesystem")
 if MSKDETECT_STORAGE == "filesystem":
+    if not env("MEDIA_ROOT", default=""):
+        raise ImproperlyConfigured("Set MEDIA_ROOT: the directory of the shared media volume")
     MEDIA_ROOT = Path(env("MEDIA_ROOT"))
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 elif MSKDETECT_STORAGE == "s3":
+    _bucket = env("AWS_STORAGE_BUCKET_NAME", default="")
+    if not _bucket:
+        raise ImproperlyConfigured("MSKDETECT_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME")
     # Credentials are not settings: django-storages/boto3 read AWS_ACCESS_KEY_ID and
     # AWS_SECRET_ACCESS_KEY from the environment, or use the instance role when they are unset.
+    # An empty value (a blank line in docker/.env) means "not set", as for boto3's own variables.
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": env("AWS_STORAGE_BUCKET_NAME"),
-            "endpoint_url": env("AWS_S3_ENDPOINT_URL", default=None),
-            "region_name": env("AWS_S3_REGION_NAME", default=None),
+            "bucket_name": _bucket,
+            "endpoint_url": env("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env("AWS_S3_REGION_NAME", default="") or None,
             # MinIO and most on-premises S3 servers need path-style addressing.
-            "addressing_style": env("AWS_S3_ADDRESSING_STYLE", default=None),
+            "addressing_style": env("AWS_S3_ADDRESSING_STYLE", default="") or None,
             "location": env("AWS_LOCATION", default="media"),
             "default_acl": "private",
             "querystring_auth": True,

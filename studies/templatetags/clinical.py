@@ -83,3 +83,9 @@ def percent(value: float | None, digits: int = 1) -> str:
 def short_version(value: str | None) -> str:
     """The first 12 characters of a sha256 model version."""
     return (value or "")[:12]
+
+
+@register.filter
+def get_item(mapping: dict, key: str):
+    """mapping[key] in a template, or the key itself when it is missing."""
+    return mapping.get(key, key)

@@ -47,9 +47,7 @@ def make_study(*, body_part: str = "XR_WRIST", accession: str = "ACC-1") -> Stud
 
 
 def add_image(study: Study, data: bytes, *, fmt: str = "png") -> Radiograph:
-    image = Radiograph(
-        study=study, sha256=hashlib.sha256(data).hexdigest(), format=fmt, width=1, height=1
-    )
+    image = Radiograph(study=study, sha256=hashlib.sha256(data).hexdigest(), format=fmt, width=1, height=1)
     image.file.save("upload", ContentFile(data), save=False)
     image.save()
     return image
@@ -226,8 +224,6 @@ def test_an_image_that_keeps_killing_workers_is_failed_not_retried_forever(model
 def _use_broker(url: str) -> None:
     # Connections and producers are pooled per app: drop them so the next publish uses `url`.
     celery_app.conf.broker_url = url
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
@@ -288,7 +284,9 @@ def test_redispatch_finds_lost_jobs_and_dead_claims_only(broker_down):
     stale = radiographs_requeue_stale(
         queued_before=now - timedelta(minutes=1), claimed_before=now - timedelta(minutes=30)
     )
-    assert sorted(image_id for image_id, _ in stale) == sorted([never_sent.id, sent_long_ago.id, dead_claim.id])
+    assert sorted(image_id for image_id, _ in stale) == sorted(
+        [never_sent.id, sent_long_ago.id, dead_claim.id]
+    )
 
 
 def test_inspect_upload_reads_a_real_radiograph():

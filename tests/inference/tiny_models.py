@@ -1,6 +1,6 @@
 """Tiny real Keras models and their models.toml, for tests of the task and the worker.
 
-They stand in for the big InceptionResNetV2 weights: same input (224×224×3), same output
+They stand in for the big InceptionResNetV2 weights: same input (224 x 224 x 3), same output
 layout (softmax over ["abnormal", "normal"]), a 4-D layer for Grad-CAM, milliseconds to run.
 """
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.django_db
 
 WRIST_PNG = SHARED_DATA / "png16" / "1068_1253423501_03_WRI-L2_F010.png"
 HAND_JPEG = SHARED_DATA / "jpeg" / "IMG0003301.jpg"
+PNG_SIZE = (444, 614)  # width, height of WRIST_PNG
 
 
 def upload(path, name=None):
@@ -33,7 +34,9 @@ def upload(path, name=None):
 
 
 def test_patient_create_writes_the_patient_and_its_audit_event(staff_user):
-    patient = patient_create(mrn=" 123 ", name="Ada", birth_date=None, sex="F", actor=staff_user, ip="10.0.0.1")
+    patient = patient_create(
+        mrn=" 123 ", name="Ada", birth_date=None, sex="F", actor=staff_user, ip="10.0.0.1"
+    )
     assert patient.mrn == "123" and patient.created_by == staff_user
     event = AuditEvent.objects.get(action="patient.created")
     assert (event.actor, event.object_id, event.ip_address) == (staff_user, str(patient.pk), "10.0.0.1")
@@ -108,7 +111,9 @@ def test_one_bad_file_rejects_the_whole_upload_and_stores_nothing(staff_user, se
     assert study.status == StudyStatus.NEW
 
 
-def test_a_database_failure_while_storing_removes_the_files_already_written(staff_user, settings, monkeypatch):
+def test_a_database_failure_while_storing_removes_the_files_already_written(
+    staff_user, settings, monkeypatch
+):
     study = StudyFactory()
     from studies.services import radiographs as module
 
@@ -136,7 +141,11 @@ def test_review_confirm_takes_the_model_label_and_marks_the_study_reviewed(radio
     review = review_create(
         study=result.study, radiologist=radiologist_user, decision="confirm", final_label=None, comment=""
     )
-    assert (review.final_label, review.model_label, review.model_version) == ("abnormal", "abnormal", "a" * 64)
+    assert (review.final_label, review.model_label, review.model_version) == (
+        "abnormal",
+        "abnormal",
+        "a" * 64,
+    )
     result.study.refresh_from_db()
     assert result.study.status == StudyStatus.REVIEWED
     event = AuditEvent.objects.get(action="study.reviewed")
@@ -147,12 +156,20 @@ def test_override_needs_a_comment_and_a_different_label(radiologist_user):
     result = StudyResultFactory(abnormal_probability=0.9)
     with pytest.raises(ApplicationError) as error:
         review_create(
-            study=result.study, radiologist=radiologist_user, decision="override", final_label="normal", comment=" "
+            study=result.study,
+            radiologist=radiologist_user,
+            decision="override",
+            final_label="normal",
+            comment=" ",
         )
     assert "comment" in error.value.extra
     with pytest.raises(ApplicationError) as error:
         review_create(
-            study=result.study, radiologist=radiologist_user, decision="override", final_label="abnormal", comment="x"
+            study=result.study,
+            radiologist=radiologist_user,
+            decision="override",
+            final_label="abnormal",
+            comment="x",
         )
     assert "final_label" in error.value.extra
     assert not Review.objects.exists() and not AuditEvent.objects.exists()
@@ -177,7 +194,9 @@ def test_reviews_keep_history_and_the_latest_rules(radiologist_user):
 
 def test_review_without_a_result_is_a_conflict(radiologist_user):
     with pytest.raises(ConflictError):
-        review_create(study=StudyFactory(), radiologist=radiologist_user, decision="confirm", final_label=None)
+        review_create(
+            study=StudyFactory(), radiologist=radiologist_user, decision="confirm", final_label=None
+        )
 
 
 def test_staff_cannot_review(staff_user):

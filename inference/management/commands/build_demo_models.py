@@ -1,0 +1,42 @@
+"""Train the synthetic demo models (all seven body parts) and write their ``models.toml``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from inference.demo import build_demo_models
+
+
+class Command(BaseCommand):
+    help = (
+        "Train small CNNs on synthetic radiograph-like images for every body part, on the CPU, and "
+        "write them with a models.toml marked demo = true. Not for clinical use."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--out",
+            type=Path,
+            default=Path(settings.BASE_DIR) / "models" / "demo",
+            help="directory to write (default: models/demo/, git-ignored); rewritten on every run",
+        )
+        parser.add_argument("--seed", type=int, default=0, help="random seed for data and weights")
+
+    def handle(self, *args, **options) -> None:
+        out_dir: Path = options["out"]
+        started = time.perf_counter()
+        self.stderr.write(f"training demo models into {out_dir} (synthetic data; takes about a minute)")
+        results = build_demo_models(out_dir=out_dir, seed=options["seed"])
+        for result in results:
+            self.stdout.write(
+                f"{result.body_part:12s} held-out accuracy {result.held_out_accuracy:6.1%}  "
+                f"{result.size_bytes / 1024:6.0f} KiB  {result.seconds:5.1f} s"
+            )
+        self.stdout.write(
+            f"wrote {len(results)} demo models and models.toml to {out_dir} in "
+            f"{time.perf_counter() - started:.0f} s; set MSKDETECT_MODEL_DIR={out_dir} to use them"
+        )
