@@ -111,19 +111,16 @@ def resolve_backbone_weights(*, weights: str, architecture: str) -> str | None:
 
 
 def _tiny_backbone(image_size: int, preprocessing: str) -> keras.Model:
-    # A few strided convolutions: trains on the synthetic test tree in seconds on a CPU.
+    # A few strided convolutions: trains on the synthetic test tree in seconds on a CPU. Functional,
+    # like InceptionResNetV2, so both classifiers share one structure (Grad-CAM relies on it).
     scale, offset = PROFILE_RANGES[preprocessing]
-    return keras.Sequential(
-        [
-            keras.Input(shape=(image_size, image_size, 3)),
-            # Back to [0, 1]: the seed profile's [0, 1/255] would starve a small net trained from scratch.
-            keras.layers.Rescaling(1 / scale, offset=-offset / scale),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
-            keras.layers.MaxPooling2D(4),
-        ],
-        name="tiny_backbone",
-    )
+    inputs = keras.Input(shape=(image_size, image_size, 3))
+    # Back to [0, 1]: the seed profile's [0, 1/255] would starve a small net trained from scratch.
+    x = keras.layers.Rescaling(1 / scale, offset=-offset / scale)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    outputs = keras.layers.MaxPooling2D(4)(x)
+    return keras.Model(inputs, outputs, name="tiny_backbone")
 
 
 def build_classifier(
@@ -135,7 +132,8 @@ def build_classifier(
 ) -> keras.Model:
     """The seed classifier (or the tiny test one), compiled with the seed's optimizer and loss.
 
-    Input is always the preprocessing profile's 224x224x3; another ``image_size`` is resized inside.
+    Both are a Sequential of [nested backbone, Flatten, Dense 256, Dropout, Dense 2], as the seed's
+    files are. The input is always the profile's 224x224x3; another ``image_size`` is resized first.
     """
     if architecture not in ARCHITECTURES:
         raise TrainingError(
@@ -144,25 +142,27 @@ def build_classifier(
     if architecture == "seed" and image_size < 75:
         raise TrainingError("InceptionResNetV2 needs --image-size of at least 75")
     size_shape = (image_size, image_size, 3)
-    if architecture == "seed":
-        core = build_seed_model(weights=weights, input_shape=size_shape)
+    if architecture == "seed" and size_shape == SEED_INPUT_SHAPE:
+        model = build_seed_model(weights=weights)
     else:
-        core = keras.Sequential(
+        if architecture == "seed":
+            base = keras.applications.InceptionResNetV2(
+                include_top=False, weights=weights, input_shape=size_shape
+            )
+        else:
+            base = _tiny_backbone(image_size, preprocessing)
+        resizing = [] if size_shape == SEED_INPUT_SHAPE else [keras.layers.Resizing(image_size, image_size)]
+        model = keras.Sequential(
             [
-                _tiny_backbone(image_size, preprocessing),
+                keras.Input(shape=SEED_INPUT_SHAPE),
+                *resizing,
+                base,
                 keras.layers.Flatten(),
                 keras.layers.Dense(256, activation="relu"),
                 keras.layers.Dropout(0.5),
                 keras.layers.Dense(len(LABELS), activation="softmax"),
             ],
-            name="tiny_classifier",
-        )
-    if size_shape == SEED_INPUT_SHAPE:
-        model = core
-    else:
-        model = keras.Sequential(
-            [keras.Input(shape=SEED_INPUT_SHAPE), keras.layers.Resizing(image_size, image_size), core],
-            name=f"{core.name}_{image_size}",
+            name=f"{architecture}_classifier_{image_size}",
         )
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=1e-4),

@@ -13,10 +13,14 @@ app.autodiscover_tasks()
 
 
 @app.on_after_configure.connect
-def _make_broker_folders(sender: Celery, **kwargs) -> None:
-    # kombu's filesystem transport fails on a missing folder; the web process (publisher)
-    # and the worker (consumer) both create them so either may start first.
+def _make_data_folders(sender: Celery, **kwargs) -> None:
+    # kombu's filesystem transport and beat's schedule file fail on a missing folder; the web
+    # process (publisher) and the worker (consumer) both create them so either may start first.
     options = sender.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
-        if options.get(key):
-            Path(options[key]).mkdir(parents=True, exist_ok=True)
+    folders = [
+        options[key] for key in ("data_folder_in", "data_folder_out", "processed_folder") if options.get(key)
+    ]
+    if sender.conf.beat_schedule_filename:
+        folders.append(Path(sender.conf.beat_schedule_filename).parent)
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)

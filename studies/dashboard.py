@@ -190,7 +190,7 @@ def summarize(
     for review in reviews:
         pairs[(review.body_part, review.model_version)].append((review.model_label, review.final_label))
 
-    for key, group_pairs in pairs.items():
+    for key in pairs:
         groups.setdefault(key, GroupSummary(body_part=key[0], model_version=key[1]))
     for key, group in groups.items():
         matrix = confusion_matrix(pairs=pairs.get(key, []))

@@ -61,7 +61,9 @@ class WorklistFilterForm(BootstrapMixin, forms.Form):
     date_from = forms.DateField(
         label="Received from", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
-    date_to = forms.DateField(label="Received to", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(
+        label="Received to", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -97,11 +99,15 @@ class StudyNewForm(BootstrapMixin, forms.Form):
     patient = forms.IntegerField(required=False, widget=forms.HiddenInput)
     mrn = forms.CharField(label="MRN (patient ID)", required=False, max_length=64)
     name = forms.CharField(label="Patient name", required=False, max_length=200)
-    birth_date = forms.DateField(label="Birth date", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    birth_date = forms.DateField(
+        label="Birth date", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
     sex = forms.ChoiceField(label="Sex", required=False, choices=Sex.choices, initial=Sex.UNKNOWN)
     accession_number = forms.CharField(label="Accession number", max_length=64)
     body_part = forms.ChoiceField(label="Body part", choices=[("", "Choose…"), *BodyPart.choices])
-    study_date = forms.DateField(label="Study date", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    study_date = forms.DateField(
+        label="Study date", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

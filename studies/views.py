@@ -203,7 +203,9 @@ def study_inspect(request: HttpRequest) -> JsonResponse:
 def _add_images(request: HttpRequest, *, study: Study, files: list) -> list | None:
     """Store the files through the upload service; each bad file becomes its own error message."""
     try:
-        images = services.radiographs_add(study=study, files=files, actor=request.user, ip=request_ip(request))
+        images = services.radiographs_add(
+            study=study, files=files, actor=request.user, ip=request_ip(request)
+        )
     except UploadRejected as error:
         for name, reason in error.reasons.items():
             messages.error(request, f"{name}: {reason}")
@@ -226,13 +228,19 @@ def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
         _add_images(request, study=study, files=files)
         return redirect("study_detail", pk=study.pk)
     try:
-        images = services.radiographs_add(study=study, files=files, actor=request.user, ip=request_ip(request))
+        images = services.radiographs_add(
+            study=study, files=files, actor=request.user, ip=request_ip(request)
+        )
     except UploadRejected as error:
         return JsonResponse({"file": list(error.reasons.values()), "reasons": error.reasons}, status=400)
     except ApplicationError as error:
         return JsonResponse({"file": [error.message]}, status=error.status_code)
     return JsonResponse(
-        {"images": [{"id": image.pk, "status": image.status, "name": image.original_name} for image in images]},
+        {
+            "images": [
+                {"id": image.pk, "status": image.status, "name": image.original_name} for image in images
+            ]
+        },
         status=201,
     )
 
@@ -258,7 +266,9 @@ def _study_context(request: HttpRequest, study: Study, *, review_form: ReviewFor
         "can_review": can_review,
         "review_form": review_form or (ReviewForm() if can_review else None),
         "audit_events": list(
-            selectors_ui.study_audit_trail(user=request.user, study_id=study.pk, include_views=include_views)[:200]
+            selectors_ui.study_audit_trail(user=request.user, study_id=study.pk, include_views=include_views)[
+                :200
+            ]
         ),
         "audit_include_views": include_views,
         "audit_view_count": selectors_ui.study_view_count(user=request.user, study_id=study.pk),
@@ -315,7 +325,7 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @staff_required
 def study_requeue(request: HttpRequest, pk: int) -> HttpResponse:
-    """"Run again": send the study's failed or unsupported images back to the worker."""
+    """ "Run again": send the study's failed or unsupported images back to the worker."""
     study = selectors.study_detail(user=request.user, study_id=pk)
     try:
         images = services.radiographs_requeue(study=study, actor=request.user, ip=request_ip(request))
@@ -335,7 +345,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     summaries = summarize(results=results, reviews=reviews, now=timezone.now())
     body_part_names = dict(BodyPart.choices)
     chart = {
-        "labels": [f"{body_part_names.get(s.body_part, s.body_part)} · {s.model_version[:8]}" for s in summaries],
+        "labels": [
+            f"{body_part_names.get(s.body_part, s.body_part)} · {s.model_version[:8]}" for s in summaries
+        ],
         "flagged_rate": [s.flagged_rate for s in summaries],
         "recent_rate": [s.drift.recent_rate if s.drift else None for s in summaries],
         "baseline_rate": [s.drift.baseline_rate if s.drift else None for s in summaries],

@@ -1,6 +1,7 @@
 """Test settings: fast hashing; the database and broker still come from the environment."""
 
 from mskdetect.settings.base import *  # noqa: F403
+from mskdetect.settings.base import env
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
@@ -16,3 +17,10 @@ if CELERY_BROKER_URL.startswith("filesystem"):  # noqa: F405
         "processed_folder": str(_TEST_QUEUE_DIR / "processed"),
         "store_processed": False,
     }
+
+# Lets parallel runs (several engineers, or CI beside a developer) use separate test databases.
+if env("MSKDETECT_TEST_DB_NAME", default=""):
+    DATABASES["default"]["TEST"] = {"NAME": env("MSKDETECT_TEST_DB_NAME")}  # noqa: F405
+# Django's live test server wraps every request in a media-files handler that crashes when
+# MEDIA_URL is None; this prefix is linked from nowhere (the app serves images only via its API).
+MEDIA_URL = "/__test-media-not-linked__/"

@@ -32,8 +32,9 @@ from tests.deploy.stack import (
 
 COMPOSE = load_compose()
 SERVICES = COMPOSE["services"]
+# Services of the application images (built from the repository root), not postgres/redis/nginx.
 APP_SERVICES = [
-    name for name, service in SERVICES.items() if "mskdetect" in json.dumps(service.get("command"))
+    name for name, service in SERVICES.items() if (service.get("build") or {}).get("context") == ".."
 ]
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|_AUTH$")
 REQUIRED_REFERENCE = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*:\?[^}]+\}$")

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 import math
 import re
 import tomllib
@@ -232,7 +233,18 @@ def test_train_tiny_writes_a_model_the_registry_serves(learnable_root, tmp_path)
     image_path = next(learnable_root.glob("MURA-v1.1/valid/XR_WRIST/*/*_positive/image1.png"))
     prediction = Predictor(loaded).predict([decode_image(image_path.read_bytes())])
     assert 0.0 <= prediction.abnormal_probability <= 1.0
-    assert prediction.model_version == digest
+
+    # ...and the predict command serves it, heat map included.
+    predicted = io.StringIO()
+    call_command(
+        "predict", str(image_path), "--body-part", "XR_WRIST", "--model-dir", str(out_file.parent),
+        "--heatmap-dir", str(tmp_path / "heat"), stdout=predicted,
+    )  # fmt: skip
+    result = json.loads(predicted.getvalue())
+    assert result["model_version"] == digest and result["demo"] is False
+    assert result["abnormal_probability"] == pytest.approx(prediction.abnormal_probability, abs=1e-5)
+    with Image.open(result["heatmap"]) as png:
+        assert png.size == (64, 64)
 
 
 def test_train_imagenet_without_cached_weights_fails_clearly(learnable_root, tmp_path, monkeypatch):

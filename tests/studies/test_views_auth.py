@@ -71,7 +71,11 @@ def test_password_change(client):
     assert bad.status_code == 200 and 'aria-invalid="true"' in bad.content.decode()
     good = client.post(
         reverse("password_change"),
-        {"old_password": PASSWORD, "new_password1": "Tibia-Fibula-2025", "new_password2": "Tibia-Fibula-2025"},
+        {
+            "old_password": PASSWORD,
+            "new_password1": "Tibia-Fibula-2025",
+            "new_password2": "Tibia-Fibula-2025",
+        },
     )
     assert good.status_code == 302 and good.url == reverse("password_change_done")
     user.refresh_from_db()

@@ -35,21 +35,34 @@ def test_empty_dashboard(staff_client):
 
 def test_agreement_figures_and_confusion_matrix(staff_client):
     results = _results(4, probability=0.9, days_ago=1)
-    ReviewFactory(study=results[0].study, model_label="abnormal", final_label="abnormal")
-    ReviewFactory(study=results[1].study, decision="override", model_label="abnormal", final_label="normal", comment="x")
+    ReviewFactory(
+        study=results[0].study, model_version="v" * 64, model_label="abnormal", final_label="abnormal"
+    )
+    ReviewFactory(
+        study=results[1].study,
+        model_version="v" * 64,
+        decision="override",
+        model_label="abnormal",
+        final_label="normal",
+        comment="x",
+    )
     html = staff_client.get(reverse("dashboard")).content.decode()
     row = html.split('data-body-part="XR_WRIST"')[1]
     assert re.search(r'data-metric="sensitivity">100.0 %', row)
     assert re.search(r'data-metric="specificity">0.0 %', row)
     # Observed agreement 1/2 equals chance agreement (the model always says abnormal): kappa 0.
     assert re.search(r'data-metric="kappa">0.00', row)
-    data = json.loads(re.search(r'<script id="dashboard-data" type="application/json">(.*?)</script>', html).group(1))
+    data = json.loads(
+        re.search(r'<script id="dashboard-data" type="application/json">(.*?)</script>', html).group(1)
+    )
     assert data["flagged_rate"] == [1.0] and data["sensitivity"] == [1.0]
 
 
 def test_kappa_is_a_dash_when_undefined(staff_client):
     results = _results(2, probability=0.9, days_ago=1)
-    ReviewFactory(study=results[0].study, model_label="abnormal", final_label="abnormal")
+    ReviewFactory(
+        study=results[0].study, model_version="v" * 64, model_label="abnormal", final_label="abnormal"
+    )
     html = staff_client.get(reverse("dashboard")).content.decode()
     assert re.search(r'data-metric="kappa">—', html)
 

@@ -57,8 +57,17 @@ NEW_PATIENT_STUDY = {
 # --- new study --------------------------------------------------------------------------------
 def test_new_study_page_has_a_label_for_every_control(client, staff):
     html = client.get(reverse("study_new")).content.decode()
-    for control_id in ["id_mrn", "id_name", "id_birth_date", "id_sex", "id_accession_number", "id_body_part",
-                       "id_study_date", "id_file", "patient-search"]:
+    for control_id in [
+        "id_mrn",
+        "id_name",
+        "id_birth_date",
+        "id_sex",
+        "id_accession_number",
+        "id_body_part",
+        "id_study_date",
+        "id_file",
+        "patient-search",
+    ]:
         assert f'for="{control_id}"' in html, control_id
 
 
@@ -116,7 +125,10 @@ def test_unknown_body_part_is_refused(client, staff):
 
 
 def test_plain_form_post_with_a_bad_file_names_it_and_keeps_the_study(client, staff):
-    data = {**NEW_PATIENT_STUDY, "file": [_upload("good.png", small_png(seed=1)), _upload("notes.txt", b"hello")]}
+    data = {
+        **NEW_PATIENT_STUDY,
+        "file": [_upload("good.png", small_png(seed=1)), _upload("notes.txt", b"hello")],
+    }
     response = client.post(reverse("study_new"), data, follow=True)
     html = response.content.decode()
     assert "notes.txt:" in html
@@ -154,7 +166,9 @@ def test_inspect_finds_the_existing_patient_and_accession(client, staff):
 
 
 def test_inspect_reports_a_bad_file(client, staff):
-    response = client.post(reverse("study_inspect"), {"file": _upload("r.dcm", hostile.dicom_without_pixel_data())})
+    response = client.post(
+        reverse("study_inspect"), {"file": _upload("r.dcm", hostile.dicom_without_pixel_data())}
+    )
     assert response.status_code == 400 and "no pixel data" in response.json()["error"]
 
 
@@ -192,7 +206,9 @@ BAD_FILES = {
 def test_each_bad_upload_gets_its_own_reason_and_stores_nothing(client, staff, name):
     make, words = BAD_FILES[name]
     study = StudyFactory()
-    response = client.post(reverse("study_upload", args=[study.pk]), {"file": _upload(name, make())}, headers=JSON)
+    response = client.post(
+        reverse("study_upload", args=[study.pk]), {"file": _upload(name, make())}, headers=JSON
+    )
     assert response.status_code == 400
     body = response.json()
     reason = body["reasons"][name]
@@ -270,7 +286,11 @@ def test_heatmap_toggle_shown_when_the_prediction_has_one(client, staff):
     html = client.get(reverse("study_detail", args=[study.pk])).content.decode()
     image_id = prediction.radiograph.pk
     assert f'src="{reverse("api:image-heatmap", args=[image_id])}"' in html
-    assert f'for="overlay-{image_id}"' in html and f'for="opacity-{image_id}"' in html and f'for="zoom-{image_id}"' in html
+    assert (
+        f'for="overlay-{image_id}"' in html
+        and f'for="opacity-{image_id}"' in html
+        and f'for="zoom-{image_id}"' in html
+    )
 
 
 def test_live_partial_polls_while_processing_and_is_not_audited(client, staff):
@@ -328,7 +348,8 @@ def test_radiologist_confirms(client, radiologist):
 def test_override_needs_a_reason(client, radiologist):
     study = StudyResultFactory(abnormal_probability=0.9).study
     response = client.post(
-        reverse("study_review", args=[study.pk]), {"decision": "override", "final_label": "normal", "comment": " "}
+        reverse("study_review", args=[study.pk]),
+        {"decision": "override", "final_label": "normal", "comment": " "},
     )
     assert response.status_code == 400
     assert "An override needs a reason." in response.content.decode()
@@ -350,7 +371,8 @@ def test_override_with_reason_shows_in_history_and_audit_trail(client, radiologi
 def test_override_to_the_same_label_shows_the_service_error(client, radiologist):
     study = StudyResultFactory(abnormal_probability=0.9).study
     response = client.post(
-        reverse("study_review", args=[study.pk]), {"decision": "override", "final_label": "abnormal", "comment": "x"}
+        reverse("study_review", args=[study.pk]),
+        {"decision": "override", "final_label": "abnormal", "comment": "x"},
     )
     assert response.status_code == 400 and "use confirm to agree" in response.content.decode()
 

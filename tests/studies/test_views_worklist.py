@@ -40,7 +40,14 @@ def test_flagged_unreviewed_first_then_probability_then_oldest(staff_client):
 
     html = staff_client.get(reverse("worklist")).content.decode()
 
-    assert _row_accessions(html) == ["FLAG-HIGH", "FLAG-LOW", "REVIEWED-HIGH", "NORMAL-HIGH", "NEW-OLD", "NEW-YOUNG"]
+    assert _row_accessions(html) == [
+        "FLAG-HIGH",
+        "FLAG-LOW",
+        "REVIEWED-HIGH",
+        "NORMAL-HIGH",
+        "NEW-OLD",
+        "NEW-YOUNG",
+    ]
 
 
 def test_row_shows_probability_as_text_flag_as_text_and_demo_badge(staff_client):
@@ -97,7 +104,9 @@ def test_date_range_filter_and_its_validation(staff_client):
     today = datetime.date.today().isoformat()
     html = staff_client.get(reverse("worklist"), {"date_from": today}).content.decode()
     assert _row_accessions(html) == ["TODAY"]
-    bad = staff_client.get(reverse("worklist"), {"date_from": today, "date_to": "2000-01-01"}).content.decode()
+    bad = staff_client.get(
+        reverse("worklist"), {"date_from": today, "date_to": "2000-01-01"}
+    ).content.decode()
     assert "The end date is before the start date." in bad
 
 
@@ -123,7 +132,9 @@ def test_table_polls_only_while_a_job_runs(staff_client):
 
 def test_htmx_poll_returns_only_the_table(staff_client):
     StudyFactory(status="queued", accession_number="Q1")
-    response = staff_client.get(reverse("worklist"), headers={"HX-Request": "true", "HX-Target": "worklist-table"})
+    response = staff_client.get(
+        reverse("worklist"), headers={"HX-Request": "true", "HX-Target": "worklist-table"}
+    )
     html = response.content.decode()
     assert html.lstrip().startswith('<div id="worklist-table"')
     assert "<nav" not in html.split('id="worklist-table"')[0]

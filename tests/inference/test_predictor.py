@@ -1,0 +1,107 @@
+"""Predictor: batched P(abnormal) per image, the MURA study rule, and what each result carries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.predictor import Predictor
+from inference.preprocessing import get_profile
+from inference.registry import ModelRegistry
+from tests.inference.conftest import build_tiny_cnn, gray_image, wrist_entry, write_manifest
+
+
+def _images(count: int, *, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        # Different sizes and brightness, so each image gives the tiny CNN a different answer.
+        height, width = 180 + 20 * index, 240 - 10 * index
+        base = rng.integers(0, 256, size=(height, width)) * (0.3 + 0.1 * index)
+        images.append(gray_image(np.clip(base, 0, 255).astype(np.uint8)))
+    return images
+
+
+def _direct_outputs(model, images) -> np.ndarray:
+    profile = get_profile("seed")
+    return np.asarray(model(np.stack([profile(image) for image in images]), training=False))
+
+
+def test_study_prediction_is_the_mean_of_per_image_abnormal_probabilities(tiny_model_dir):
+    loaded = ModelRegistry(tiny_model_dir).get("XR_WRIST")
+    images = _images(3)
+
+    result = Predictor(loaded).predict(images)
+
+    expected = _direct_outputs(loaded.model, images)[:, 0]
+    assert [p.abnormal_probability for p in result.images] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert np.ptp(expected) > 0.01, "the images must get different answers for the test to mean anything"
+    assert result.abnormal_probability == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    assert result.label == ("abnormal" if result.abnormal_probability >= 0.5 else "normal")
+    for prediction in result.images:
+        assert prediction.label == ("abnormal" if prediction.abnormal_probability >= 0.5 else "normal")
+    assert (result.model_name, result.model_version, result.demo) == ("tiny-wrist", loaded.version, True)
+    assert (result.threshold, result.preprocessing) == (0.5, "seed")
+    assert result.preprocess_ms > 0 and result.inference_ms > 0
+
+
+def test_threshold_decides_the_label(tiny_model_dir):
+    images = _images(2)
+    probability = Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images).abnormal_probability
+
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(threshold=round(probability - 0.001, 6))})
+    assert Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images).label == "abnormal"
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(threshold=round(probability + 0.001, 6))})
+    assert Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images).label == "normal"
+
+
+def test_abnormal_probability_follows_the_manifest_label_order(tiny_model_dir):
+    images = _images(2)
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(labels=["normal", "abnormal"])})
+    loaded = ModelRegistry(tiny_model_dir).get("XR_WRIST")
+
+    result = Predictor(loaded).predict(images)
+
+    expected = _direct_outputs(loaded.model, images)[:, 1]
+    assert [p.abnormal_probability for p in result.images] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_chunking_and_padding_do_not_change_results(tiny_model_dir):
+    loaded = ModelRegistry(tiny_model_dir).get("XR_WRIST")
+    images = _images(7)
+
+    whole = Predictor(loaded, batch_size=16).predict(images)
+    chunked = Predictor(loaded, batch_size=3).predict(images)  # chunks 3, 3, 1 (padded to 1)
+
+    assert [p.abnormal_probability for p in chunked.images] == pytest.approx(
+        [p.abnormal_probability for p in whole.images], abs=1e-6
+    )
+
+
+def test_studies_batched_together_get_their_own_results(tiny_model_dir):
+    loaded = ModelRegistry(tiny_model_dir).get("XR_WRIST")
+    images = _images(5)
+    predictor = Predictor(loaded, batch_size=4)
+
+    first, second = predictor.predict_studies([images[:2], images[2:]])
+
+    assert first.images == predictor.predict(images[:2]).images
+    assert second.abnormal_probability == pytest.approx(predictor.predict(images[2:]).abnormal_probability)
+    assert len(second.images) == 3
+
+
+def test_a_plain_keras_model_can_be_benchmarked():
+    model = build_tiny_cnn(seed=3)
+    images = _images(2)
+
+    result = Predictor(model, batch_size=2).predict(images)
+
+    expected = _direct_outputs(model, images)[:, 0]
+    assert [p.abnormal_probability for p in result.images] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert result.model_name == "tiny_cnn"
+    assert result.model_version == "unversioned"
+
+
+def test_empty_study_is_rejected(tiny_model_dir):
+    with pytest.raises(ValueError, match="at least one image"):
+        Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict([])

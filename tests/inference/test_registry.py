@@ -1,0 +1,192 @@
+"""Registry: manifest, lazy cached loading, checksums, and clear errors for bad installs."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from inference.registry import (
+    BODY_PARTS,
+    ManifestError,
+    ModelLoadError,
+    ModelRegistry,
+    UnsupportedBodyPart,
+    get_registry,
+)
+from tests.inference.conftest import build_tiny_cnn, wrist_entry, write_manifest
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def test_manifest_lists_configured_body_parts_and_which_are_installed(tiny_model_dir):
+    registry = ModelRegistry(tiny_model_dir)
+
+    assert registry.body_parts() == ["XR_HAND", "XR_WRIST"]
+    assert registry.available("XR_WRIST")
+    assert not registry.available("XR_HAND")  # configured, file not installed
+    assert not registry.available("XR_ELBOW")  # not configured at all
+    assert registry.missing() == ["XR_HAND"]
+    spec = registry.spec("XR_WRIST")
+    assert spec.name == "tiny-wrist"
+    assert spec.path == tiny_model_dir / "tiny.keras"
+    assert spec.labels == ("abnormal", "normal")
+    assert spec.abnormal_index == 0
+    assert spec.demo is True
+    assert registry.spec("XR_HAND").name == "HAND"  # default name: the file's stem
+
+
+def test_unconfigured_body_part_is_unsupported(tiny_model_dir):
+    registry = ModelRegistry(tiny_model_dir)
+
+    with pytest.raises(UnsupportedBodyPart):
+        registry.get("XR_ELBOW")
+
+
+def test_missing_weight_file_names_file_and_body_part(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match=r"HAND\.h5.*XR_HAND.*missing"):
+        ModelRegistry(tiny_model_dir).get("XR_HAND")
+
+
+@pytest.mark.parametrize("file_name", ["WRIST.h5", "WRIST.keras"])
+def test_corrupt_weight_file_names_file_and_body_part(tmp_path, file_name):
+    (tmp_path / file_name).write_bytes(b"these are not weights" * 100)
+    write_manifest(tmp_path, {"XR_WRIST": wrist_entry(file=file_name)})
+
+    with pytest.raises(ModelLoadError) as caught:
+        ModelRegistry(tmp_path).get("XR_WRIST")
+    assert file_name in str(caught.value)
+    assert "XR_WRIST" in str(caught.value)
+
+
+def test_loads_once_and_version_is_the_files_sha256(tiny_model_dir):
+    registry = ModelRegistry(tiny_model_dir)
+
+    loaded = registry.get("XR_WRIST")
+
+    assert registry.get("XR_WRIST") is loaded
+    assert loaded.version == hashlib.sha256((tiny_model_dir / "tiny.keras").read_bytes()).hexdigest()
+    reference = build_tiny_cnn()
+    batch = np.random.default_rng(0).random((2, 224, 224, 3), dtype=np.float32) / 255
+    np.testing.assert_allclose(loaded.model(batch), reference(batch), atol=1e-6)
+
+
+def test_sha256_in_manifest_is_verified(tiny_model_dir):
+    digest = hashlib.sha256((tiny_model_dir / "tiny.keras").read_bytes()).hexdigest()
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(sha256=digest.upper())})
+    assert ModelRegistry(tiny_model_dir).get("XR_WRIST").version == digest
+
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(sha256="0" * 64)})
+    with pytest.raises(ModelLoadError, match=r"tiny\.keras.*XR_WRIST.*sha256"):
+        ModelRegistry(tiny_model_dir).get("XR_WRIST")
+
+
+def test_cache_keeps_only_the_most_recently_used_models(tiny_model_dir):
+    shutil.copy(tiny_model_dir / "tiny.keras", tiny_model_dir / "hand.keras")
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(), "XR_HAND": wrist_entry(file="hand.keras")})
+    registry = ModelRegistry(tiny_model_dir, cache_size=1)
+
+    wrist = registry.get("XR_WRIST")
+    assert registry.get("XR_WRIST") is wrist
+    registry.get("XR_HAND")
+
+    assert registry.get("XR_WRIST") is not wrist  # evicted by XR_HAND, loaded again
+
+
+def test_concurrent_first_use_loads_one_model(tiny_model_dir):
+    registry = ModelRegistry(tiny_model_dir)
+    results = []
+    start = threading.Barrier(6)
+
+    def load() -> None:
+        start.wait()
+        results.append(registry.get("XR_WRIST"))
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 6
+    assert all(result is results[0] for result in results)
+
+
+def test_plain_keras3_h5_file_loads(tmp_path):
+    inputs = keras.Input(shape=(224, 224, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(features))
+    model.save(tmp_path / "plain.h5")
+    write_manifest(tmp_path, {"XR_ELBOW": wrist_entry(file="plain.h5")})
+    batch = np.random.default_rng(1).random((2, 224, 224, 3), dtype=np.float32)
+
+    loaded = ModelRegistry(tmp_path).get("XR_ELBOW")
+
+    np.testing.assert_allclose(loaded.model(batch), model(batch), atol=1e-6)
+
+
+def test_unknown_keras2_architecture_fails_clearly(tmp_path):
+    # A Keras 2 mixed_float16 file that is not the seed architecture: neither path can load it.
+    import tf_keras
+
+    try:
+        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+        other = tf_keras.Sequential(
+            [tf_keras.Input(shape=(32, 32, 3)), tf_keras.layers.Conv2D(2, 3), tf_keras.layers.Flatten()]
+        )
+        other.save(tmp_path / "OTHER.h5", save_format="h5")
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    write_manifest(tmp_path, {"XR_SHOULDER": wrist_entry(file="OTHER.h5")})
+
+    with pytest.raises(ModelLoadError, match=r"OTHER\.h5.*XR_SHOULDER.*unknown architecture"):
+        ModelRegistry(tmp_path).get("XR_SHOULDER")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (wrist_entry(labels=["positive", "negative"]), "must include 'abnormal'"),
+        (wrist_entry(threshold=1.5), "outside"),
+        (wrist_entry(sha256="abc"), "64 hex digits"),
+        ({"preprocessing": "seed", "labels": ["abnormal", "normal"], "threshold": 0.5}, "missing key 'file'"),
+    ],
+)
+def test_invalid_manifest_entries_are_rejected(tmp_path, entry, message):
+    write_manifest(tmp_path, {"XR_WRIST": entry})
+
+    with pytest.raises(ManifestError, match=message):
+        ModelRegistry(tmp_path)
+
+
+def test_unknown_body_part_and_missing_manifest_are_rejected(tmp_path):
+    with pytest.raises(ManifestError, match="no models.toml"):
+        ModelRegistry(tmp_path)
+    write_manifest(tmp_path, {"XR_KNEE": wrist_entry()})
+    with pytest.raises(ManifestError, match="XR_KNEE"):
+        ModelRegistry(tmp_path)
+
+
+def test_get_registry_is_one_per_model_dir(tiny_model_dir):
+    assert get_registry(tiny_model_dir) is get_registry(tiny_model_dir / ".." / "models")
+
+
+def test_shipped_manifest_covers_the_five_seed_files():
+    registry = ModelRegistry(REPO_MODELS)
+
+    assert registry.body_parts() == ["XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_WRIST"]
+    assert set(registry.body_parts()) <= set(BODY_PARTS)
+    for body_part in registry.body_parts():
+        spec = registry.spec(body_part)
+        assert spec.path.name == f"{body_part.removeprefix('XR_')}.h5"
+        assert (spec.preprocessing, spec.labels, spec.threshold, spec.demo) == (
+            "seed",
+            ("abnormal", "normal"),
+            0.5,
+            False,
+        )
