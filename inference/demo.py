@@ -74,7 +74,7 @@ def _bar_mask(
 
 
 def synthetic_radiograph(*, body_part: str, abnormal: bool, rng: np.random.Generator) -> np.ndarray:
-    """One synthetic 8-bit gray radiograph-like image (IMAGE_SIZE × IMAGE_SIZE)."""
+    """One synthetic 8-bit gray radiograph-like image (IMAGE_SIZE x IMAGE_SIZE)."""
     layout = LAYOUTS[body_part]
     rows, cols = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
     centre = np.array([IMAGE_SIZE / 2, IMAGE_SIZE / 2]) + rng.uniform(-8, 8, size=2)
@@ -132,8 +132,9 @@ def build_demo_model(*, name: str) -> keras.Model:
         [
             keras.Input(shape=(224, 224, 3)),
             keras.layers.Rescaling(255.0),  # seed inputs lie in [0, 1/255]
-            keras.layers.Conv2D(8, 5, strides=2, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
+            # Halve the resolution first: the signs are several pixels wide, and it quarters the cost.
+            keras.layers.AveragePooling2D(2),
+            keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
             keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
             keras.layers.MaxPooling2D(2),
             keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="last_conv"),
@@ -145,7 +146,7 @@ def build_demo_model(*, name: str) -> keras.Model:
 
 
 def train_demo_model(
-    *, body_part: str, seed: int, train_count: int = 480, test_count: int = 160, epochs: int = 6
+    *, body_part: str, seed: int, train_count: int = 256, test_count: int = 96, epochs: int = 8
 ) -> tuple[keras.Model, float]:
     """Train one body part's demo model; return it and its accuracy on held-out synthetic images."""
     rng = np.random.default_rng(seed)
@@ -182,7 +183,14 @@ def manifest_text(*, body_parts: list[str]) -> str:
     return "".join(entries)
 
 
-def build_demo_models(*, out_dir: Path, body_parts: tuple[str, ...] = BODY_PARTS, seed: int = 0) -> list[DemoResult]:
+def build_demo_models(
+    *,
+    out_dir: Path,
+    body_parts: tuple[str, ...] = BODY_PARTS,
+    seed: int = 0,
+    train_count: int = 256,
+    epochs: int = 8,
+) -> list[DemoResult]:
     """Train and save the demo models and their ``models.toml`` in ``out_dir``.
 
     Every file is written to a temporary name in ``out_dir`` and moved into place, the manifest
@@ -194,7 +202,9 @@ def build_demo_models(*, out_dir: Path, body_parts: tuple[str, ...] = BODY_PARTS
         staging_dir = Path(staging)
         for offset, body_part in enumerate(body_parts):
             started = time.perf_counter()
-            model, accuracy = train_demo_model(body_part=body_part, seed=seed + offset)
+            model, accuracy = train_demo_model(
+                body_part=body_part, seed=seed + offset, train_count=train_count, epochs=epochs
+            )
             staged = staging_dir / f"{body_part}.keras"
             model.save(staged)
             final = out_dir / staged.name
@@ -212,4 +222,3 @@ def build_demo_models(*, out_dir: Path, body_parts: tuple[str, ...] = BODY_PARTS
         staged_manifest.write_text(manifest_text(body_parts=list(body_parts)), encoding="utf-8")
         os.replace(staged_manifest, out_dir / MANIFEST_NAME)
     return results
-

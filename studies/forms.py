@@ -53,7 +53,11 @@ class StaffPasswordChangeForm(BootstrapMixin, PasswordChangeForm):
 
 
 class WorklistFilterForm(BootstrapMixin, forms.Form):
-    q = forms.CharField(label="Search", required=False, help_text="MRN, patient name or accession number")
+    q = forms.CharField(
+        label="Search",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "MRN, name or accession", "type": "search"}),
+    )
     body_part = forms.ChoiceField(label="Body part", required=False, choices=[("", "Any"), *BodyPart.choices])
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any"), *StudyStatus.choices])
     flagged = forms.ChoiceField(label="Flagged", required=False, choices=YES_NO_ANY)

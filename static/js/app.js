@@ -9,6 +9,8 @@
 
   // Study viewer: heat-map toggle, heat-map opacity, zoom.
   function applyViewerControl(control) {
+    const output = byId(control.id + "-value");
+    if (output) output.textContent = control.value + " %";
     if (control.dataset.viewerOverlay) {
       const overlay = byId(control.dataset.viewerOverlay);
       if (overlay) overlay.hidden = !control.checked;

@@ -5,17 +5,21 @@ Screenshots go to tests/artifacts/ (git-ignored). The tests skip, saying why, wh
 """
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
 from tests.conftest import REPO_ROOT
 
 # The end-to-end fixtures (real worker, shared database) live with the e2e tests; importing
 # them here makes them available to the browser tests as well.
 from tests.e2e.conftest import (  # noqa: F401
+    WebServer,
     celery_worker_process,
     e2e,
     e2e_dir,
@@ -50,6 +54,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
             if not CHROMIUM.exists():
                 item.add_marker(pytest.mark.skip(reason="/usr/bin/chromium is missing: apt-get install chromium"))
+
+
+@pytest.fixture(scope="session")
+def web_server(e2e_env, e2e_dir) -> Iterator[WebServer]:
+    """The e2e gunicorn server, with the static files collected first: with DEBUG off, WhiteNoise
+    serves only STATIC_ROOT, and a browser needs the CSS and scripts that API clients do not."""
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+        env=e2e_env,
+        cwd=REPO_ROOT,
+        check=True,
+        timeout=300,
+    )
+    server = WebServer(env=e2e_env, log_path=e2e_dir / "web-browser.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +126,21 @@ class BrowserPage:
 
 
 @pytest.fixture
-def open_page(chromium, live_server):
-    """open_page(viewport=DESKTOP) -> BrowserPage in a fresh browser context (its own cookies)."""
+def open_page(chromium, request):
+    """open_page(viewport=DESKTOP) -> BrowserPage in a fresh browser context (its own cookies).
+
+    Without `base_url` the page talks to pytest-django's live server, whose threads need a real
+    database file or server: an in-memory SQLite database is one connection shared by the test
+    and every server thread, and parallel browser requests then break each other's transactions.
+    """
+    live_server = None
+    if "e2e" not in request.fixturenames:
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
+            pytest.skip(
+                "browser tests need PostgreSQL (DATABASE_URL) or a SQLite file "
+                "(MSKDETECT_TEST_DB_NAME=/tmp/mskdetect-test.sqlite3), not in-memory SQLite"
+            )
+        live_server = request.getfixturevalue("live_server")
     contexts = []
 
     def factory(viewport: dict | None = None, base_url: str | None = None) -> BrowserPage:

@@ -1,6 +1,6 @@
 """Fixtures for the inference tests: tiny real Keras models, model dirs, and a seed-format file.
 
-Reusable elsewhere: ``tiny_model_file`` (a small .keras CNN on seed-preprocessed 224×224×3 input,
+Reusable elsewhere: ``tiny_model_file`` (a small .keras CNN on seed-preprocessed 224x224x3 input,
 output 0 = abnormal), ``tiny_model_dir`` (a model dir holding it as XR_WRIST, with XR_HAND
 configured but missing), ``write_manifest`` and ``gray_image`` (a DecodedImage from an array).
 """

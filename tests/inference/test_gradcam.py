@@ -95,10 +95,10 @@ def test_heat_lies_on_the_lesion(build, lesion_test_set):
     assert np.mean(mass_on_lesion) > 0.5
 
 
-def test_seed_architecture_heatmaps_come_from_the_nested_last_conv_block(seed_format_loaded, seed_format_file):
+def test_seed_heatmaps_come_from_the_nested_last_conv_block(seed_format_loaded, seed_format_file):
     heatmaps = gradcam_heatmaps(seed_format_loaded.model, seed_format_file.inputs[:2])
 
-    assert heatmaps.shape == (2, 5, 5)  # conv_7b_ac of InceptionResNetV2 at 224×224
+    assert heatmaps.shape == (2, 5, 5)  # conv_7b_ac of InceptionResNetV2 at 224x224
     assert np.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
 

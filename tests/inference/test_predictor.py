@@ -47,7 +47,9 @@ def test_study_prediction_is_the_mean_of_per_image_abnormal_probabilities(tiny_m
 
 def test_threshold_decides_the_label(tiny_model_dir):
     images = _images(2)
-    probability = Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images).abnormal_probability
+    probability = (
+        Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images).abnormal_probability
+    )
 
     write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(threshold=round(probability - 0.001, 6))})
     assert Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images).label == "abnormal"

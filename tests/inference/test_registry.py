@@ -165,7 +165,7 @@ def test_invalid_manifest_entries_are_rejected(tmp_path, entry, message):
 
 
 def test_unknown_body_part_and_missing_manifest_are_rejected(tmp_path):
-    with pytest.raises(ManifestError, match="no models.toml"):
+    with pytest.raises(ManifestError, match=r"no models\.toml"):
         ModelRegistry(tmp_path)
     write_manifest(tmp_path, {"XR_KNEE": wrist_entry()})
     with pytest.raises(ManifestError, match="XR_KNEE"):

@@ -23,7 +23,7 @@ def test_keras3_load_model_fails_on_the_seed_format(seed_format_file):
     # Why the registry rebuilds the architecture: Keras 3 cannot deserialise the file's dtype policy.
     import keras
 
-    with pytest.raises(Exception) as caught:  # noqa: B017 - the type is Keras's business; that it fails is ours
+    with pytest.raises(Exception) as caught:
         keras.saving.load_model(seed_format_file.path, compile=False)
     assert "quantization_mode" in str(caught.value) or isinstance(caught.value, TypeError | ValueError)
 
@@ -65,7 +65,8 @@ _WRITE_GENUINE = textwrap.dedent(
     assert tf.__version__ == "2.10.1", tf.__version__
 
     def seed_model():
-        base = keras.applications.InceptionResNetV2(include_top=False, weights=None, input_shape=(224, 224, 3))
+        base = keras.applications.InceptionResNetV2(
+            include_top=False, weights=None, input_shape=(224, 224, 3))
         return keras.Sequential([base, keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
                                  keras.layers.Dropout(0.5), keras.layers.Dense(2, activation="softmax")])
 
@@ -144,4 +145,3 @@ def test_registry_loads_a_genuine_tf210_file(genuine_seed_file, tmp_path):
 
     assert np.std(reference[:, 0]) > 0.05
     np.testing.assert_allclose(outputs, reference, atol=TOLERANCE, rtol=0)
-

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from inference.demo import build_demo_models
+from inference.registry import BODY_PARTS
 
 
 class Command(BaseCommand):
@@ -25,12 +26,17 @@ class Command(BaseCommand):
             help="directory to write (default: models/demo/, git-ignored); rewritten on every run",
         )
         parser.add_argument("--seed", type=int, default=0, help="random seed for data and weights")
+        parser.add_argument(
+            "--body-parts", nargs="+", choices=BODY_PARTS, default=list(BODY_PARTS), metavar="BODY_PART"
+        )
 
     def handle(self, *args, **options) -> None:
         out_dir: Path = options["out"]
         started = time.perf_counter()
         self.stderr.write(f"training demo models into {out_dir} (synthetic data; takes about a minute)")
-        results = build_demo_models(out_dir=out_dir, seed=options["seed"])
+        results = build_demo_models(
+            out_dir=out_dir, body_parts=tuple(options["body_parts"]), seed=options["seed"]
+        )
         for result in results:
             self.stdout.write(
                 f"{result.body_part:12s} held-out accuracy {result.held_out_accuracy:6.1%}  "

@@ -1,0 +1,58 @@
+"""Demo models: trained on synthetic images, learn the sign, load through the registry as demo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from inference.demo import synthetic_dataset
+from inference.predictor import Predictor
+from inference.registry import ModelRegistry
+
+ONE_MEGABYTE = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-models")
+    # A quick first build that the real one must replace: the command is re-runnable.
+    call_command("build_demo_models", "--out", str(out), "--body-parts", "XR_WRIST", "XR_ELBOW")
+    return out
+
+
+def test_demo_build_writes_small_models_and_a_demo_manifest(demo_dir):
+    registry = ModelRegistry(demo_dir)
+
+    assert registry.body_parts() == ["XR_ELBOW", "XR_WRIST"]
+    for body_part in registry.body_parts():
+        spec = registry.spec(body_part)
+        assert spec.demo is True
+        assert spec.preprocessing == "seed"
+        assert spec.path.stat().st_size < ONE_MEGABYTE
+    assert [path.name for path in demo_dir.iterdir() if path.name.startswith(".")] == []
+
+
+def test_demo_model_tells_abnormal_from_normal_synthetic_studies(demo_dir):
+    loaded = ModelRegistry(demo_dir).get("XR_WRIST")
+    images, labels = synthetic_dataset(body_part="XR_WRIST", count=64, rng=np.random.default_rng(123))
+
+    result = Predictor(loaded).predict(images)
+
+    predicted_abnormal = np.array([p.label == "abnormal" for p in result.images])
+    accuracy = float(np.mean(predicted_abnormal == (labels == 0)))
+    assert accuracy >= 0.7, f"held-out synthetic accuracy {accuracy:.2f}"
+    assert result.demo is True
+    assert result.model_name == "demo-wrist"
+
+
+def test_rebuilding_replaces_the_previous_build(demo_dir):
+    before = ModelRegistry(demo_dir).spec("XR_WRIST").path.stat().st_mtime_ns
+
+    call_command("build_demo_models", "--out", str(demo_dir), "--body-parts", "XR_HUMERUS")
+
+    registry = ModelRegistry(demo_dir)
+    assert registry.body_parts() == ["XR_HUMERUS"]
+    assert registry.available("XR_HUMERUS")
+    assert registry.get("XR_HUMERUS").spec.demo
+    assert (demo_dir / "XR_WRIST.keras").stat().st_mtime_ns == before  # untouched, no longer listed
