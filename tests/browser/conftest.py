@@ -53,11 +53,13 @@ def pytest_collection_modifyitems(config, items):
         if Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(pytest.mark.browser)
             if not CHROMIUM.exists():
-                item.add_marker(pytest.mark.skip(reason="/usr/bin/chromium is missing: apt-get install chromium"))
+                item.add_marker(
+                    pytest.mark.skip(reason="/usr/bin/chromium is missing: apt-get install chromium")
+                )
 
 
 @pytest.fixture(scope="session")
-def web_server(e2e_env, e2e_dir) -> Iterator[WebServer]:
+def web_server(e2e_env, e2e_dir) -> Iterator[WebServer]:  # noqa: F811 (fixtures imported above)
     """The e2e gunicorn server, with the static files collected first: with DEBUG off, WhiteNoise
     serves only STATIC_ROOT, and a browser needs the CSS and scripts that API clients do not."""
     subprocess.run(

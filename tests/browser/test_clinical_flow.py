@@ -44,7 +44,8 @@ def test_staff_uploads_radiologist_overrides_audit_shows_both(e2e, open_page, tm
     # Mark this document: if the page reloaded, the mark would be gone.
     page.evaluate("document.body.dataset.loadedOnce = 'yes'")
     staff.wait_until(
-        "['predicted', 'failed', 'unsupported'].includes(document.getElementById('study-live').dataset.status)",
+        "['predicted', 'failed', 'unsupported']"
+        ".includes(document.getElementById('study-live').dataset.status)",
         timeout=180,
     )
     assert page.evaluate("document.body.dataset.loadedOnce") == "yes", "the page reloaded"

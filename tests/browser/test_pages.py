@@ -52,10 +52,14 @@ def ward():
     _predicted_study(accession="ACC-NORM", probability=0.12, image=WRIST_JPEG[1].read_bytes())
     busy = StudyFactory(accession_number="ACC-BUSY", status=Study.Status.PROCESSING, body_part="XR_HAND")
     RadiographFactory(study=busy, content=WRIST_JPEG[2].read_bytes(), status=ImageStatus.PROCESSING)
-    failed = StudyFactory(accession_number="ACC-FAIL", status=Study.Status.FAILED, error="The model file is corrupt.")
+    failed = StudyFactory(
+        accession_number="ACC-FAIL", status=Study.Status.FAILED, error="The model file is corrupt."
+    )
     RadiographFactory(study=failed, status=ImageStatus.FAILED, error="model load failed")
     StudyFactory(accession_number="ACC-NEW")
-    Study.objects.filter(accession_number="ACC-NEW").update(created_at=timezone.now() - datetime.timedelta(days=3))
+    Study.objects.filter(accession_number="ACC-NEW").update(
+        created_at=timezone.now() - datetime.timedelta(days=3)
+    )
     return {"flagged": flagged, "reviewed": reviewed, "failed": failed}
 
 
@@ -81,7 +85,9 @@ def test_login_and_worklist_layout(open_page, ward, viewport, label):
     assert page.locator("#worklist-table").get_attribute("hx-trigger") == "every 3s"
     if label == "desktop":
         # Thumbnails load through the authenticated preview (hidden below 992 px to fit a tablet).
-        browser.wait_until("[...document.querySelectorAll('img.worklist-thumb')].every(i => i.naturalWidth > 0)")
+        browser.wait_until(
+            "[...document.querySelectorAll('img.worklist-thumb')].every(i => i.naturalWidth > 0)"
+        )
     assert _no_horizontal_scroll(page)
     browser.shot(f"worklist-{label}", full_page=False)
     assert browser.problems == []
@@ -138,7 +144,8 @@ def test_failed_study_shows_error_and_run_again(open_page, ward):
     browser.shot("study-failed-tablet")
     page.get_by_role("button", name="Run again").click()
     assert page.get_by_text("1 image(s) sent for analysis again.").is_visible()
-    assert page.locator("#study-live").get_attribute("data-status") == "queued"
+    # Queued again (or already picked up, when a session-wide worker runs beside these tests).
+    assert page.locator("#study-live").get_attribute("data-status") in {"queued", "processing"}
     assert browser.problems == []
 
 

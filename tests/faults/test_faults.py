@@ -117,6 +117,13 @@ def test_uploads_while_redis_is_down_succeed_and_are_predicted_when_it_returns(f
     assert statuses(during) == [ImageStatus.QUEUED] * len(during)
     assert not Radiograph.objects.filter(id__in=during, dispatched_at__isnull=False).exists()
 
+    # The worker notices the lost broker and keeps running, trying to reconnect.
+    stack.wait_until(
+        lambda: "Connection to broker lost" in stack.worker.log_path.read_text(errors="replace"),
+        timeout=60,
+        what="noticed by the worker",
+    )
+    assert stack.worker.process.poll() is None
     private_redis.start()
     restarted = time.monotonic()
     stack.wait_until(all_in(during, ImageStatus.DONE), timeout=120, what="predicted after Redis returned")
