@@ -4,6 +4,7 @@ The target is the last layer with a 4-D output. For the seed architecture that l
 the nested InceptionResNetV2 base (``conv_7b_ac``): the nested base cannot be cut from the outside,
 so a model is built from the base's own input to [target output, base output], and the outer
 layers around the base are re-applied in order (the outer model is a chain, as the seed is).
+Sequential models are also run layer by layer; other functional models get one grad model.
 
 The class score is the class's log-odds computed from the final Dense layer's logits: the softmax
 output itself saturates for confident predictions, and its gradient then vanishes.
@@ -88,29 +89,35 @@ def _forward_to_last_layer(
     last_layer = layers[-1]
     target_index = _target_layer(layers[:-1], layer_name)
     target = layers[target_index]
+    before, after = layers[:target_index], layers[target_index + 1 : -1]
     if isinstance(target, keras.Model):
-        inner_layers = target.layers
-        inner_target = inner_layers[_target_layer(inner_layers, layer_name)]
-        inner = keras.Model(target.inputs, [inner_target.output, target.outputs[0]])
-        before, after = layers[:target_index], layers[target_index + 1 : -1]
+        inner_target = target.layers[_target_layer(target.layers, layer_name)]
+        target_call = keras.Model(target.inputs, [inner_target.output, target.outputs[0]])
+    elif isinstance(model, keras.Sequential):
+        # A loaded Sequential's layer.input/.output belong to a graph rebuilt at load time, not
+        # always the one model.inputs starts; calling the layers in order is always right.
+        def target_call(inputs: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+            outputs = target(inputs, training=training)
+            return outputs, outputs
+    else:
+        grad_model = keras.Model(model.inputs, [target.output, last_layer.input])
 
-        def forward(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            outputs = inputs
-            for layer in before:
-                outputs = layer(outputs, training=False)
-            feature_maps, outputs = inner(outputs, training=False)
-            for layer in after:
-                outputs = layer(outputs, training=False)
-            return feature_maps, outputs
+        def forward_functional(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            feature_maps, last_input = grad_model(inputs, training=False)
+            return feature_maps, last_input
 
-        return forward, last_layer
-    grad_model = keras.Model(model.inputs, [target.output, last_layer.input])
+        return forward_functional, last_layer
 
-    def forward_flat(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        feature_maps, last_input = grad_model(inputs, training=False)
-        return feature_maps, last_input
+    def forward(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        outputs = inputs
+        for layer in before:
+            outputs = layer(outputs, training=False)
+        feature_maps, outputs = target_call(outputs, training=False)
+        for layer in after:
+            outputs = layer(outputs, training=False)
+        return feature_maps, outputs
 
-    return forward_flat, last_layer
+    return forward, last_layer
 
 
 def input_region(*, preprocessing: str | None) -> tuple[float, float, float, float]:

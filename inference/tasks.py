@@ -120,6 +120,7 @@ def predict_images(self, image_ids: list[int]) -> None:
         except TRANSIENT_ERRORS as exc:
             remaining = [image.id for batch in batches[position:] for image in batch]
             _retry_or_fail(task=self, image_ids=remaining, exc=exc)
+            return  # the retry (or the failure just recorded) covers every remaining study
         except Exception as exc:
             # A bug or an input the model cannot take must not leave images `processing`
             # forever: fail this study's images with the reason and go on with the next.
