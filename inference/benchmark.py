@@ -51,6 +51,14 @@ class BenchmarkResult:
     worker_gflops: float
     sgemm_fraction: float
     threads: int
+    # Where the time goes, in ms per image: both paths decode the same files, so decoding
+    # (DICOM JPEG 2000 above all) bounds the end-to-end ratio; model_speedup isolates batching.
+    seed_preprocess_ms: float
+    seed_model_ms: float
+    worker_decode_ms: float
+    worker_preprocess_ms: float
+    worker_model_ms: float
+    model_speedup: float
 
     def as_dict(self) -> dict[str, float | int]:
         """The figures, rounded for printing as JSON."""
@@ -99,17 +107,44 @@ def seed_preprocess_file(path: Path) -> np.ndarray:
     return get_profile("seed")(decode_image(data))
 
 
-def run_seed_path(*, model: keras.Model, paths: Sequence[Path]) -> np.ndarray:
+@dataclass
+class StageSeconds:
+    """Wall-clock seconds spent in each stage of a path, summed over its images."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    model: float = 0.0
+
+
+def run_seed_path(
+    *, model: keras.Model, paths: Sequence[Path], stages: StageSeconds | None = None
+) -> np.ndarray:
     """Per image: preprocess, then ``model.predict`` on a batch of one; returns P(output 0)."""
-    outputs = [model.predict(seed_preprocess_file(path)[np.newaxis], verbose=0)[0, 0] for path in paths]
+    stages = stages or StageSeconds()
+    outputs = []
+    for path in paths:
+        started = time.perf_counter()
+        batch = seed_preprocess_file(path)[np.newaxis]
+        preprocessed = time.perf_counter()
+        outputs.append(model.predict(batch, verbose=0)[0, 0])
+        stages.preprocess += preprocessed - started  # skimage reads and resizes in one go
+        stages.model += time.perf_counter() - preprocessed
     return np.asarray(outputs)
 
 
-def run_worker_path(*, predictor, paths: Sequence[Path]) -> np.ndarray:
+def run_worker_path(*, predictor, paths: Sequence[Path], stages: StageSeconds | None = None) -> np.ndarray:
     """Read, decode, preprocess and predict all files through a ``Predictor``; returns P(abnormal)."""
+    stages = stages or StageSeconds()
+    started = time.perf_counter()
     decoded = [decode_image(path.read_bytes()) for path in paths]
+    decoded_at = time.perf_counter()
     batch = predictor.preprocess(decoded)
-    return predictor.abnormal_probabilities(batch)
+    preprocessed_at = time.perf_counter()
+    probabilities = predictor.abnormal_probabilities(batch)
+    stages.decode += decoded_at - started
+    stages.preprocess += preprocessed_at - decoded_at
+    stages.model += time.perf_counter() - preprocessed_at
+    return probabilities
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -165,10 +200,11 @@ def run_benchmark(
     run_seed_path(model=model, paths=paths[:1])
     log("warming up the worker path")
     run_worker_path(predictor=predictor, paths=paths)  # traces every batch shape it will meet
+    seed_stages, worker_stages = StageSeconds(), StageSeconds()
     log(f"timing the seed path on {len(paths)} images")
-    seed_seconds = timed(lambda: run_seed_path(model=model, paths=paths))
+    seed_seconds = timed(lambda: run_seed_path(model=model, paths=paths, stages=seed_stages))
     log(f"timing the worker path on {len(paths)} images")
-    worker_seconds = timed(lambda: run_worker_path(predictor=predictor, paths=paths))
+    worker_seconds = timed(lambda: run_worker_path(predictor=predictor, paths=paths, stages=worker_stages))
     log("measuring SGEMM")
     sgemm = sgemm_gflops()
     gflop = model_gflop_per_image(model)
@@ -185,4 +221,10 @@ def run_benchmark(
         worker_gflops=gflop * worker_rate,
         sgemm_fraction=gflop * worker_rate / sgemm,
         threads=len(os.sched_getaffinity(0)),
+        seed_preprocess_ms=seed_stages.preprocess * 1000 / len(paths),
+        seed_model_ms=seed_stages.model * 1000 / len(paths),
+        worker_decode_ms=worker_stages.decode * 1000 / len(paths),
+        worker_preprocess_ms=worker_stages.preprocess * 1000 / len(paths),
+        worker_model_ms=worker_stages.model * 1000 / len(paths),
+        model_speedup=seed_stages.model / worker_stages.model,
     )

@@ -139,7 +139,8 @@ def e2e_env(django_db_setup, django_db_blocker, e2e_dir, e2e_model_dir) -> dict[
     return env
 
 
-@pytest.fixture(scope="session")
+# Module scope: a worker left running would take jobs meant for other test stacks on the same broker.
+@pytest.fixture(scope="module")
 def celery_worker_process(e2e_env, e2e_dir) -> Iterator[Worker]:
     worker = Worker(env=e2e_env, log_path=e2e_dir / "worker.log")
     worker.start()
@@ -182,7 +183,7 @@ class WebServer:
         self.log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def web_server(e2e_env, e2e_dir) -> Iterator[WebServer]:
     server = WebServer(env=e2e_env, log_path=e2e_dir / "web.log")
     yield server

@@ -20,6 +20,12 @@ KEYS = {
     "worker_gflops",
     "sgemm_fraction",
     "threads",
+    "seed_preprocess_ms",
+    "seed_model_ms",
+    "worker_decode_ms",
+    "worker_preprocess_ms",
+    "worker_model_ms",
+    "model_speedup",
 }
 
 

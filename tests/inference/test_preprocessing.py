@@ -73,6 +73,85 @@ def test_seed_gray_becomes_three_equal_channels_and_rgba_mixes_alpha(tmp_path):
     assert np.abs(rgba - rgb).max() > 0.1 / 255
 
 
+REAL_FILES = sorted(
+    [
+        *(SHARED_DATA / "png16").glob("*.png"),
+        *(SHARED_DATA / "dicom").iterdir(),
+        *(SHARED_DATA / "jpeg").glob("*.jpg"),
+    ]
+)
+
+
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda path: path.name)
+def test_seed_profile_equals_original_app_on_every_real_radiograph(path, tmp_path):
+    # 16-bit PNGs and DICOM reach the original pipeline as the 8-bit rendering the profile makes.
+    decoded = decode_image(path.read_bytes())
+    eight_bit = tmp_path / "display.png"
+    eight_bit.write_bytes(hostile.png_bytes(to_display_uint8(decoded)))
+
+    out = get_profile("seed")(decoded)
+
+    expected = original_flask_app(path if decoded.pixels.dtype == np.uint8 else eight_bit)
+    np.testing.assert_allclose(out, expected, atol=1e-6, rtol=0)
+    # In practice the fast separable resize matches skimage to float64 rounding (~1e-16), so the
+    # float32 profile output is identical; a drift of even 1e-9 would mean a different transform.
+    assert np.abs(out - expected).max() <= 1e-9
+
+
+def original_on_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The seed app's transform on decoded pixels (no file round trip, so any dtype and shape)."""
+    return resize(pixels, (300, 300, 3))[38:262, 38:262] / 255.0
+
+
+SYNTHETIC_SHAPES = [
+    (1, 1),  # a single pixel
+    (7, 2000),  # upscaled along one axis, shrunk along the other
+    (16, 16),
+    (299, 301),
+    (300, 300),  # no resampling at all
+    (301, 299),
+    (457, 1203),
+    (903, 97),
+    (2501, 2047),
+]
+
+
+@pytest.mark.parametrize("shape", SYNTHETIC_SHAPES, ids=lambda shape: f"{shape[0]}x{shape[1]}")
+@pytest.mark.parametrize("channels", [None, 1, 3], ids=["gray", "gray1", "rgb"])
+def test_seed_profile_equals_original_resize_on_synthetic_gray_and_rgb(shape, channels):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    full_shape = shape if channels is None else (*shape, channels)
+    pixels = rng.integers(0, 256, size=full_shape, dtype=np.uint8)
+    if shape[0] > 2:
+        pixels[: shape[0] // 2] //= 4  # structure, not only noise: a dark half
+
+    out = get_profile("seed")(DecodedImage(pixels, "png", shape[1], shape[0], 8, {}))
+
+    expected = original_on_pixels(pixels)
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [2, 4], ids=["gray+alpha", "rgba"])
+def test_seed_profile_keeps_skimage_channel_mixing_for_alpha_images(channels):
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 256, size=(333, 517, channels), dtype=np.uint8)
+
+    out = get_profile("seed")(DecodedImage(pixels, "png", 517, 333, 8, {}))
+
+    np.testing.assert_allclose(out, original_on_pixels(pixels), atol=1e-9, rtol=0)
+    assert not np.allclose(out[:, :, 0], original_on_pixels(pixels[:, :, 0])[:, :, 0], atol=1e-6)
+
+
+def test_seed_profile_on_a_bool_image_resizes_like_skimage_with_nearest_neighbour():
+    pixels = np.zeros((410, 390), dtype=bool)
+    pixels[100:300, 150:250] = True
+
+    out = get_profile("seed")(DecodedImage(pixels, "png", 390, 410, 1, {}))
+
+    np.testing.assert_array_equal(out, original_on_pixels(pixels).astype(np.float32))
+
+
 def test_16bit_png_is_min_max_stretched_to_8bit():
     stored = (hostile.gradient().astype(np.uint16) * 16) + 1000  # 12-bit data in a 16-bit PNG
     decoded = decode_image(hostile.png_bytes(stored))

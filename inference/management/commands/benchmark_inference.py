@@ -45,4 +45,10 @@ class Command(BaseCommand):
             f"SGEMM (numpy float32, {result.threads} threads):      {result.sgemm_gflops:8.1f} GFLOP/s"
         )
         self.stdout.write(f"worker / SGEMM:                       {result.sgemm_fraction:8.1%}")
+        self.stdout.write(
+            f"ms/image  seed: preprocess {result.seed_preprocess_ms:.1f}, model {result.seed_model_ms:.1f}"
+            f" | worker: decode {result.worker_decode_ms:.1f}, preprocess {result.worker_preprocess_ms:.1f},"
+            f" model {result.worker_model_ms:.1f}"
+        )
+        self.stdout.write(f"model-only speed-up (batched vs per image): {result.model_speedup:.2f} x")
         self.stdout.write(json.dumps(result.as_dict()))
