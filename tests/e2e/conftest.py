@@ -7,6 +7,7 @@ Run with MSKDETECT_INTEGRATION=1, DATABASE_URL=postgres://… and CELERY_BROKER_
 the test sees went through HTTP, the broker and the worker, as in production.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -25,6 +26,15 @@ from tests.conftest import REPO_ROOT
 from tests.inference.tiny_models import write_tiny_model_dir
 
 PASSWORD = "e2e-Passw0rd-not-secret"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if pytest itself is killed (no fixture teardown), the
+    # kernel stops this server too, so no worker is left consuming the shared test broker.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 WORKER_READY_SECONDS = 120
 
 
@@ -79,6 +89,7 @@ class Worker:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + WORKER_READY_SECONDS
         while time.monotonic() < deadline:
@@ -164,6 +175,7 @@ class WebServer:
                 "--workers", "1", "--threads", "4", "--timeout", "120",
             ],
             env=env, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -33,7 +33,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         out_dir: Path = options["out"]
         started = time.perf_counter()
-        self.stderr.write(f"training demo models into {out_dir} (synthetic data; minutes on a 2-core CPU)")
+        self.stderr.write(f"training demo models into {out_dir} (synthetic data; ~1 min on 2 CPU cores)")
         results = build_demo_models(
             out_dir=out_dir, body_parts=tuple(options["body_parts"]), seed=options["seed"]
         )
