@@ -30,12 +30,13 @@ import numpy as np
 
 from inference.decoding import decode_image
 from inference.preprocessing import INPUT_SIZE, get_profile
+from inference.shared_data import SharedDataNotFound
 
 SEED_RESIZE = 300
 _IMAGE_FOLDERS = ("png16", "jpeg", "dicom")
 
 
-class BenchmarkDataError(RuntimeError):
+class BenchmarkDataError(SharedDataNotFound):
     """The shared radiographs the benchmark runs on cannot be found."""
 
 
@@ -65,20 +66,6 @@ class BenchmarkResult:
         return {
             key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()
         }
-
-
-def locate_shared_data() -> Path:
-    """``MSKDETECT_SHARED_DATA``, else ``<repo>/../shared/data``, else ``/work/shared/data``."""
-    repo = Path(__file__).resolve().parent.parent
-    candidates = [
-        os.environ.get("MSKDETECT_SHARED_DATA"),
-        repo.parent / "shared" / "data",
-        "/work/shared/data",
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate, "README.md").is_file():
-            return Path(candidate)
-    raise BenchmarkDataError("shared radiographs not found: set MSKDETECT_SHARED_DATA to ../shared/data")
 
 
 def benchmark_files(*, data_dir: Path, count: int) -> list[Path]:

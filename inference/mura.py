@@ -13,15 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-MURA_BODY_PARTS = (
-    "XR_ELBOW",
-    "XR_FINGER",
-    "XR_FOREARM",
-    "XR_HAND",
-    "XR_HUMERUS",
-    "XR_SHOULDER",
-    "XR_WRIST",
-)
+from inference.body_parts import BODY_PARTS
+
+MURA_BODY_PARTS = BODY_PARTS
 SPLITS = ("train", "valid")
 
 

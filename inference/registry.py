@@ -21,16 +21,8 @@ import h5py
 import keras
 
 from inference.architectures import build_seed_from_architecture, recognise_seed_architecture
+from inference.body_parts import BODY_PARTS
 
-BODY_PARTS = (
-    "XR_ELBOW",
-    "XR_FINGER",
-    "XR_FOREARM",
-    "XR_HAND",
-    "XR_HUMERUS",
-    "XR_SHOULDER",
-    "XR_WRIST",
-)
 MANIFEST_NAME = "models.toml"
 ABNORMAL = "abnormal"
 _HASH_CHUNK = 1 << 20

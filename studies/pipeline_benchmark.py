@@ -6,7 +6,6 @@ its upload request to the first poll that sees it done, while later uploads are 
 """
 
 import math
-import os
 import threading
 import time
 import uuid
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from django.conf import settings
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 FINAL_IMAGE_STATUSES = {"done", "failed", "unsupported"}
@@ -58,19 +56,6 @@ class BenchmarkResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def locate_shared_data(*, repo_root: Path | None = None) -> Path:
-    """The shared radiographs: $MSKDETECT_SHARED_DATA, <repo>/../shared/data or /work/shared/data."""
-    root = repo_root or Path(settings.BASE_DIR)
-    for candidate in (
-        os.environ.get("MSKDETECT_SHARED_DATA"),
-        root.parent / "shared" / "data",
-        "/work/shared/data",
-    ):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    raise BenchmarkError("no shared data folder found: set MSKDETECT_SHARED_DATA or pass --files")
 
 
 def default_files(*, shared_data: Path) -> list[Path]:

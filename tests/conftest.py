@@ -5,25 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from inference.shared_data import locate_shared_data
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _shared_data_dir() -> Path:
-    # Tests read the real radiographs in ../shared/data in place (never copies of them).
-    candidates = [
-        os.environ.get("MSKDETECT_SHARED_DATA"),
-        REPO_ROOT.parent / "shared" / "data",
-        "/work/shared/data",
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate, "README.md").is_file():
-            return Path(candidate)
-    raise RuntimeError("../shared/data not found: set MSKDETECT_SHARED_DATA to its path")
-
-
-SHARED_DATA = _shared_data_dir()
+SHARED_DATA = locate_shared_data()
 INTEGRATION = os.environ.get("MSKDETECT_INTEGRATION") == "1"
 
 

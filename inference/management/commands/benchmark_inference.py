@@ -7,8 +7,9 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference.architectures import build_seed_model
-from inference.benchmark import BenchmarkDataError, benchmark_files, locate_shared_data, run_benchmark
+from inference.benchmark import benchmark_files, run_benchmark
 from inference.predictor import Predictor
+from inference.shared_data import SharedDataNotFound, locate_shared_data
 
 
 class Command(BaseCommand):
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             raise CommandError("--images and --batch-size must be at least 1")
         try:
             paths = benchmark_files(data_dir=locate_shared_data(), count=images)
-        except BenchmarkDataError as error:
+        except SharedDataNotFound as error:
             raise CommandError(str(error)) from error
         self.stderr.write("building the seed architecture (InceptionResNetV2, random weights)")
         model = build_seed_model(weights=None)

@@ -13,8 +13,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from inference.shared_data import SharedDataNotFound, locate_shared_data
 from studies.models import BodyPart
-from studies.pipeline_benchmark import BenchmarkError, default_files, locate_shared_data, run_benchmark
+from studies.pipeline_benchmark import BenchmarkError, default_files, run_benchmark
 
 
 class Command(BaseCommand):
@@ -75,7 +76,7 @@ class Command(BaseCommand):
     def _default_files(self) -> list[Path]:
         try:
             return default_files(shared_data=locate_shared_data())
-        except BenchmarkError as exc:
+        except (BenchmarkError, SharedDataNotFound) as exc:
             raise CommandError(str(exc)) from exc
 
     def _password(self) -> str:
