@@ -18,7 +18,9 @@ def _make_data_folders(sender: Celery, **kwargs) -> None:
     # process (publisher) and the worker (consumer) both create them so either may start first.
     options = sender.conf.broker_transport_options or {}
     folders = [
-        options[key] for key in ("data_folder_in", "data_folder_out", "processed_folder") if options.get(key)
+        options[key]
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder")
+        if options.get(key)
     ]
     if sender.conf.beat_schedule_filename:
         folders.append(Path(sender.conf.beat_schedule_filename).parent)

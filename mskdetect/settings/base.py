@@ -152,6 +152,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_in": str(_QUEUE_DIR),
         "data_folder_out": str(_QUEUE_DIR),
         "processed_folder": str(_QUEUE_DIR / "processed"),
+        # Broadcast (control) exchanges: kombu's default is ./control in the working directory.
+        "control_folder": str(_QUEUE_DIR / "control"),
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")

@@ -15,6 +15,8 @@ if CELERY_BROKER_URL.startswith("filesystem"):  # noqa: F405
         "data_folder_in": str(_TEST_QUEUE_DIR),
         "data_folder_out": str(_TEST_QUEUE_DIR),
         "processed_folder": str(_TEST_QUEUE_DIR / "processed"),
+        # Broadcast (control) exchanges: kombu's default is ./control in the working directory.
+        "control_folder": str(_TEST_QUEUE_DIR / "control"),
         "store_processed": False,
     }
 
