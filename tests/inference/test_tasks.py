@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -222,7 +223,9 @@ def test_an_image_that_keeps_killing_workers_is_failed_not_retried_forever(model
 
 
 def _use_broker(url: str) -> None:
-    # Connections and producers are pooled per app: drop them so the next publish uses `url`.
+    # Celery reads CELERY_BROKER_URL from the environment before its own setting, and pools
+    # connections and producers per app: set both, drop the pools, and the next publish uses `url`.
+    os.environ["CELERY_BROKER_URL"] = url
     celery_app.conf.broker_url = url
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
@@ -231,10 +234,16 @@ def _use_broker(url: str) -> None:
 @pytest.fixture
 def broker_down():
     # A closed port: the publisher's one quick retry fails, as when Redis is stopped.
+    saved_env = os.environ.get("CELERY_BROKER_URL")
     saved = celery_app.conf.broker_url
     _use_broker("redis://127.0.0.1:9/0")
+    assert celery_app.connection_for_write().port == 9
     yield
     _use_broker(saved)
+    if saved_env is None:
+        del os.environ["CELERY_BROKER_URL"]
+    else:
+        os.environ["CELERY_BROKER_URL"] = saved_env
 
 
 @pytest.mark.django_db
