@@ -93,6 +93,7 @@ AXES_FAILURE_LIMIT = env.int("MSKDETECT_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("MSKDETECT_LOGIN_COOLOFF_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = env("TIME_ZONE", default="UTC")
@@ -171,6 +172,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Images left queued longer than this are sent again by the periodic re-dispatch.
 MSKDETECT_REDISPATCH_AFTER_SECONDS = env.int("MSKDETECT_REDISPATCH_AFTER_SECONDS", default=120)
 MSKDETECT_REDISPATCH_EVERY_SECONDS = env.float("MSKDETECT_REDISPATCH_EVERY_SECONDS", default=60.0)
+# A `processing` claim older than the hard time limit plus this belongs to a dead worker.
+MSKDETECT_CLAIM_GRACE_SECONDS = env.int("MSKDETECT_CLAIM_GRACE_SECONDS", default=60)
 CELERY_TASK_ROUTES = {
     "inference.tasks.predict_images": {"queue": "inference"},
     # On the default queue, so a long backlog of predictions never delays the re-dispatch.
@@ -192,4 +195,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # axes logs every successful login's counter reset at INFO; lockouts are WARNING.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
