@@ -74,8 +74,9 @@ def publish_images(*, image_ids: Sequence[int]) -> bool:
 
 
 def _claim_expiry() -> timedelta:
-    # A claim older than the hard time limit belongs to a worker that is gone.
-    return timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    # A claim older than the hard time limit belongs to a worker that is gone. The grace covers
+    # clock skew between the hosts that claim and judge, and the pool's delay in killing a job.
+    return timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + settings.MSKDETECT_CLAIM_GRACE_SECONDS)
 
 
 def _backoff(retries: int) -> int:
@@ -96,13 +97,16 @@ def predict_images(self, image_ids: list[int]) -> None:
     """Predict every pending image of the studies these images belong to, one batch per study.
 
     Safe to deliver twice: images are claimed under a row lock, and an image that is no
-    longer pending is skipped.
+    longer pending is skipped. A re-delivery of this same message (its pool child was killed)
+    takes back the images its earlier run had claimed, without waiting for the claim to expire.
     """
     try:
         claimed = radiographs_claim(
             image_ids=image_ids,
             claimed_before=timezone.now() - _claim_expiry(),
             max_attempts=MAX_ATTEMPTS,
+            # None when the task is called directly (not through a broker): no re-delivery then.
+            task_id=self.request.id or "",
         )
     except (OperationalError, InterfaceError) as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc

@@ -134,6 +134,9 @@ class Radiograph(models.Model):
     # When the job was last handed to the broker; the re-dispatch looks at this.
     dispatched_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # The Celery task id holding the `processing` claim: a re-delivery of that same message
+    # (its earlier run is gone) takes the claim back at once instead of waiting for it to expire.
+    claimed_by = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["study_id", "id"]

@@ -75,20 +75,22 @@ def radiographs_requeue_stale(*, queued_before: datetime, claimed_before: dateti
         )
         dead = [image_id for image_id, _, status in stale if status == ImageStatus.PROCESSING]
         if dead:
-            Radiograph.objects.filter(id__in=dead).update(status=ImageStatus.QUEUED)
+            Radiograph.objects.filter(id__in=dead).update(status=ImageStatus.QUEUED, claimed_by="")
     return [(image_id, study_id) for image_id, study_id, _ in stale]
 
 
 def radiographs_claim(
-    *, image_ids: Sequence[int], claimed_before: datetime, max_attempts: int
+    *, image_ids: Sequence[int], claimed_before: datetime, max_attempts: int, task_id: str
 ) -> dict[int, list[Radiograph]]:
     """Claim every pending image of the studies these images belong to; returns them by study.
 
-    Pending = queued, or processing under a claim older than `claimed_before` (its worker
-    died). Rows another worker is claiming right now are skipped (`skip_locked`), so two
-    deliveries of one job never predict the same image twice. An image that has been claimed
-    `max_attempts` times already is failed instead of being tried again: something in it
-    kills workers.
+    Pending = queued, processing under a claim older than `claimed_before` (its worker died),
+    or processing under a claim of this same `task_id`: the broker re-delivers a message only
+    once its earlier run is gone (pool child killed, `reject_on_worker_lost`), so that claim is
+    dead too. The claim records `task_id` in `claimed_by`. Rows another worker is claiming
+    right now are skipped (`skip_locked`), so two deliveries of one job never predict the same
+    image twice. An image that has been claimed `max_attempts` times already is failed instead
+    of being tried again: something in it kills workers.
     """
     now = timezone.now()
     claimed: dict[int, list[Radiograph]] = {}
@@ -96,14 +98,15 @@ def radiographs_claim(
         study_ids = set(Radiograph.objects.filter(id__in=image_ids).values_list("study_id", flat=True))
         if not study_ids:
             return claimed
+        dead_claim = Q(status=ImageStatus.PROCESSING, dispatched_at__lt=claimed_before)
+        if task_id:
+            # Never for an empty id: that would match every claim made without one.
+            dead_claim |= Q(status=ImageStatus.PROCESSING, claimed_by=task_id)
         pending = (
             Radiograph.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("study")
             .filter(study_id__in=study_ids)
-            .filter(
-                Q(status=ImageStatus.QUEUED)
-                | Q(status=ImageStatus.PROCESSING, dispatched_at__lt=claimed_before)
-            )
+            .filter(Q(status=ImageStatus.QUEUED) | dead_claim)
             .order_by("study_id", "id")
         )
         pending = list(pending)
@@ -116,12 +119,17 @@ def radiographs_claim(
             )
         if fresh:
             Radiograph.objects.filter(id__in=[image.id for image in fresh]).update(
-                status=ImageStatus.PROCESSING, dispatched_at=now, attempts=F("attempts") + 1, error=""
+                status=ImageStatus.PROCESSING,
+                dispatched_at=now,
+                attempts=F("attempts") + 1,
+                error="",
+                claimed_by=task_id,
             )
         for image in fresh:
             image.status = ImageStatus.PROCESSING
             image.dispatched_at = now
             image.attempts += 1
+            image.claimed_by = task_id
             claimed.setdefault(image.study_id, []).append(image)
         for study_id, images in claimed.items():
             study = images[0].study
@@ -144,7 +152,7 @@ def radiographs_release(*, image_ids: Sequence[int]) -> int:
     with transaction.atomic():
         # A transient error is not the image's fault: the claim does not count as an attempt.
         released = Radiograph.objects.filter(id__in=image_ids, status=ImageStatus.PROCESSING).update(
-            status=ImageStatus.QUEUED, attempts=Greatest(F("attempts") - 1, 0)
+            status=ImageStatus.QUEUED, attempts=Greatest(F("attempts") - 1, 0), claimed_by=""
         )
     return released
 
@@ -191,7 +199,9 @@ def predictions_record(
                 prediction.heatmap.save("gradcam.png", ContentFile(outcome.heatmap_png), save=True)
             if is_new:
                 created.append(prediction)
-        Radiograph.objects.filter(id__in=list(images)).update(status=ImageStatus.DONE, error="", attempts=0)
+        Radiograph.objects.filter(id__in=list(images)).update(
+            status=ImageStatus.DONE, error="", attempts=0, claimed_by=""
+        )
         result = _store_result(study=study, run=run)
         _refresh_study(study=study)
         audit_record(
@@ -232,7 +242,7 @@ def radiographs_mark_unsupported(*, image_ids: Sequence[int], message: str) -> N
     with transaction.atomic():
         images = list(Radiograph.objects.select_for_update().select_related("study").filter(id__in=image_ids))
         Radiograph.objects.filter(id__in=[image.id for image in images]).update(
-            status=ImageStatus.UNSUPPORTED, error=message, attempts=0
+            status=ImageStatus.UNSUPPORTED, error=message, attempts=0, claimed_by=""
         )
         for study in {image.study for image in images}:
             audit_record(
@@ -248,7 +258,7 @@ def radiographs_mark_unsupported(*, image_ids: Sequence[int], message: str) -> N
 def _fail_images(*, images: Sequence[Radiograph], message: str) -> None:
     # `attempts` counts claims that never reached an outcome (dead workers); an outcome resets it.
     Radiograph.objects.filter(id__in=[image.id for image in images]).update(
-        status=ImageStatus.FAILED, error=message, attempts=0
+        status=ImageStatus.FAILED, error=message, attempts=0, claimed_by=""
     )
     for study in {image.study for image in images}:
         audit_record(

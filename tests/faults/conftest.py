@@ -108,17 +108,38 @@ def process_tree(pid: int) -> set[int]:
     found = {pid}
     pending = [pid]
     while pending:
-        parent = pending.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    pending.append(child)
+        for child in children(pending.pop()) - found:
+            found.add(child)
+            pending.append(child)
     return found
+
+
+def children(pid: int) -> set[int]:
+    """The direct children of `pid` (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def maps_tensorflow(pid: int) -> bool:
+    """Whether the process has TensorFlow's native library loaded (the worker's pool child, in a job)."""
+    try:
+        return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 class FaultStack:

@@ -7,6 +7,8 @@ the database and over HTTP, that every image ends with exactly one prediction.
 """
 
 import logging
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +22,9 @@ from tests.faults.conftest import (
     WORKER_APPLICATION_NAME,
     WRIST_PNGS,
     FaultStack,
+    children,
+    maps_tensorflow,
+    pid_alive,
     process_tree,
 )
 from tests.inference.tiny_models import BROKEN_FILE
@@ -50,10 +55,16 @@ def assert_predicted_once(image_ids: list[int]) -> None:
 
 
 def test_a_worker_killed_mid_job_is_replaced_and_each_image_is_predicted_once(fault_stack: FaultStack):
-    # The claim of a dead worker is given up after the hard time limit + 60 s (inference.tasks).
-    # Small limits keep the wait short; the soft one still covers importing TensorFlow.
-    limits = {"MSKDETECT_TASK_SOFT_TIME_LIMIT": "30", "MSKDETECT_TASK_TIME_LIMIT": "35"}
-    claim_expiry = 35 + 60
+    # The whole worker is gone, so Redis returns the unacknowledged message only after its
+    # visibility timeout (an hour): the claim expiry (hard time limit + MSKDETECT_CLAIM_GRACE_SECONDS)
+    # is what brings the images back. Small values keep the wait short; the soft limit still
+    # covers the new worker importing TensorFlow in its first job.
+    limits = {
+        "MSKDETECT_TASK_SOFT_TIME_LIMIT": "25",
+        "MSKDETECT_TASK_TIME_LIMIT": "27",
+        "MSKDETECT_CLAIM_GRACE_SECONDS": "3",
+    }
+    claim_expiry = 27 + 3
     stack = fault_stack
     stack.start_web()
     first = stack.start_worker(**limits)
@@ -71,7 +82,12 @@ def test_a_worker_killed_mid_job_is_replaced_and_each_image_is_predicted_once(fa
     # The kill landed mid-job: the claim is held by a dead process and nothing was recorded.
     assert statuses(image_ids) == [ImageStatus.PROCESSING] * 2
     assert not Prediction.objects.filter(radiograph_id__in=image_ids).exists()
-    assert not any(pid_alive(pid) for pid in first_pids)
+    # SIGKILL is delivered asynchronously: the pool child and beat may take a moment to go.
+    stack.wait_until(
+        lambda: not any(pid_alive(pid) for pid in first_pids),
+        timeout=10,
+        what="every process of the worker gone",
+    )
 
     second = stack.start_worker(**limits)
     stack.wait_until(
@@ -88,6 +104,54 @@ def test_a_worker_killed_mid_job_is_replaced_and_each_image_is_predicted_once(fa
     assert actions.count("inference.started") == 2  # the killed claim, then the new worker's
     assert actions.count("inference.completed") == 1
     assert second.process.poll() is None
+
+
+def test_a_killed_pool_child_is_replaced_and_its_job_resumes_without_waiting_for_the_claim(fault_stack):
+    # What the OOM killer does: only the process running the job (and holding TensorFlow) dies.
+    # `reject_on_worker_lost` puts the message back at once and the same worker's new child takes
+    # it; the claim carries the task id, so that re-delivery resumes the claimed images. A claim
+    # expiry of over an hour, and no re-dispatch, rule out any other rescue.
+    stack = fault_stack
+    stack.start_web()
+    worker = stack.start_worker(MSKDETECT_CLAIM_GRACE_SECONDS="3600")
+    staff = stack.client("fault-oom")
+    patient = stack.patient(staff, mrn="FAULT-OOM")
+    study_id = stack.study(staff, patient=patient, accession="FAULT-OOM-1", body_part=SLOW_BODY_PART)
+    image_ids = stack.upload(staff, study_id, WRIST_PNGS[:2])
+
+    stack.wait_until(
+        all_in(image_ids, ImageStatus.PROCESSING), timeout=FIRST_JOB_SECONDS, what="processing", every=0.05
+    )
+    # The child in the job is the one that loads TensorFlow (the main process and beat never do).
+    pool = stack.wait_until(
+        lambda: [pid for pid in children(worker.process.pid) if maps_tensorflow(pid)],
+        timeout=FIRST_JOB_SECONDS,
+        what="TensorFlow loaded in a pool child",
+        every=0.05,
+    )
+    assert len(pool) == 1, pool
+    os.kill(pool[0], signal.SIGKILL)
+    killed = time.monotonic()
+    assert statuses(image_ids) == [ImageStatus.PROCESSING] * 2
+    assert not Prediction.objects.filter(radiograph_id__in=image_ids).exists()
+    stack.wait_until(lambda: not pid_alive(pool[0]), timeout=10, what="the pool child gone")
+
+    stack.wait_until(all_in(image_ids, ImageStatus.DONE), timeout=FIRST_JOB_SECONDS, what="predicted again")
+    logger.info(
+        "Pool child killed: images predicted %.1f s later by its replacement", time.monotonic() - killed
+    )
+
+    assert_predicted_once(image_ids)
+    actions = list(AuditEvent.objects.filter(study_id=study_id).values_list("action", flat=True))
+    assert actions.count("inference.started") == 2  # the killed child's claim, then the new child's
+    assert actions.count("inference.completed") == 1
+    # The same worker, through a new child, did it: no re-dispatch, no expired claim.
+    assert worker.process.poll() is None
+    replacement = [pid for pid in children(worker.process.pid) if maps_tensorflow(pid)]
+    assert replacement and pool[0] not in replacement
+    log = worker.log_path.read_text(errors="replace")
+    assert "Re-dispatched" not in log
+    assert Radiograph.objects.filter(id__in=image_ids, claimed_by="").count() == 2
 
 
 def test_uploads_while_redis_is_down_succeed_and_are_predicted_when_it_returns(fault_stack, private_redis):
@@ -237,11 +301,3 @@ def test_fifty_uploads_from_five_concurrent_clients_make_fifty_predictions(fault
     assert Prediction.objects.filter(radiograph__study__patient_id__in=patients).count() == 50
     studies = Radiograph.objects.filter(id__in=image_ids).values_list("study__status", flat=True)
     assert set(studies) == {StudyStatus.PREDICTED}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False

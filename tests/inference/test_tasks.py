@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from celery.signals import after_task_publish
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
@@ -23,6 +24,7 @@ from studies.models import (
     StudyResult,
     StudyStatus,
 )
+from studies.services.predictions import radiographs_claim
 from tests.conftest import SHARED_DATA
 from tests.inference.tiny_models import WRIST_FILE, write_tiny_model_dir
 
@@ -124,6 +126,50 @@ def test_a_claim_held_by_a_live_worker_is_left_alone(model_dir):
     tasks.predict_images([image.id])
 
     assert not Prediction.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_redelivery_of_the_same_message_takes_back_its_killed_runs_claim_at_once(model_dir):
+    # The pool child running task "job-1" was killed (OOM killer) right after claiming; the
+    # broker hands the same message (same task id) to a new child while the claim is fresh.
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    claimed = radiographs_claim(
+        image_ids=[image.id], claimed_before=an_hour_ago, max_attempts=3, task_id="job-1"
+    )
+    assert [i.id for i in claimed[study.id]] == [image.id]
+    image.refresh_from_db()
+    assert (image.status, image.claimed_by, image.attempts) == (ImageStatus.PROCESSING, "job-1", 1)
+
+    tasks.predict_images.apply(args=[[image.id]], task_id="job-2")  # another job: a live claim
+    assert not Prediction.objects.exists()
+
+    tasks.predict_images.apply(args=[[image.id]], task_id="job-1")
+
+    assert Prediction.objects.filter(radiograph=image).count() == 1
+    image.refresh_from_db()
+    assert (image.status, image.claimed_by, image.attempts) == (ImageStatus.DONE, "", 0)
+    actions = list(AuditEvent.objects.filter(study=study).values_list("action", flat=True))
+    assert sorted(actions) == ["inference.completed", "inference.started", "inference.started"]
+
+
+@pytest.mark.django_db
+def test_a_claim_expires_after_the_hard_time_limit_plus_the_configured_grace(model_dir, settings):
+    settings.CELERY_TASK_TIME_LIMIT = 30
+    settings.MSKDETECT_CLAIM_GRACE_SECONDS = 10
+    study = make_study()
+    image = add_image(study, WRISTS[0].read_bytes())
+    Radiograph.objects.filter(id=image.id).update(
+        status=ImageStatus.PROCESSING, dispatched_at=timezone.now() - timedelta(seconds=35), claimed_by="gone"
+    )
+    tasks.predict_images([image.id])
+    assert not Prediction.objects.exists()  # 35 s < 30 + 10 s: its worker may still be running
+
+    Radiograph.objects.filter(id=image.id).update(dispatched_at=timezone.now() - timedelta(seconds=45))
+    tasks.predict_images([image.id])
+
+    assert Prediction.objects.filter(radiograph=image).count() == 1
 
 
 @pytest.mark.django_db
@@ -296,6 +342,42 @@ def test_redispatch_finds_lost_jobs_and_dead_claims_only(broker_down):
     assert sorted(image_id for image_id, _ in stale) == sorted(
         [never_sent.id, sent_long_ago.id, dead_claim.id]
     )
+
+
+@pytest.fixture
+def published() -> list[list[int]]:
+    """The image ids of every `predict_images` message published while the test runs."""
+    sent: list[list[int]] = []
+
+    def record(sender=None, body=None, **kwargs) -> None:
+        if sender == tasks.predict_images.name:
+            sent.append(list(body[0][0]))
+
+    after_task_publish.connect(record, weak=False)
+    yield sent
+    after_task_publish.disconnect(record)
+
+
+@pytest.mark.django_db
+def test_a_backlog_waiting_in_the_queue_is_sent_again_at_most_once_per_period(settings, published):
+    # The broker is up but the worker is busy: messages wait in the queue longer than the threshold.
+    settings.MSKDETECT_REDISPATCH_AFTER_SECONDS = 120
+    study = make_study()
+    waiting = add_image(study, b"a")
+    Radiograph.objects.filter(id=waiting.id).update(dispatched_at=timezone.now() - timedelta(minutes=5))
+    just_sent = add_image(study, b"b")
+    Radiograph.objects.filter(id=just_sent.id).update(dispatched_at=timezone.now())
+
+    rounds = [tasks.redispatch_stale_images() for _ in range(3)]
+
+    assert rounds == [1, 0, 0]
+    assert published == [[waiting.id]]
+    waiting.refresh_from_db()
+    assert timezone.now() - waiting.dispatched_at < timedelta(minutes=1)  # stamped by the re-send
+    # One period later the image, still waiting, is sent once more.
+    Radiograph.objects.filter(id=waiting.id).update(dispatched_at=timezone.now() - timedelta(seconds=121))
+    assert [tasks.redispatch_stale_images() for _ in range(2)] == [1, 0]
+    assert published == [[waiting.id], [waiting.id]]
 
 
 def test_inspect_upload_reads_a_real_radiograph():
