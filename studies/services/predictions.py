@@ -241,32 +241,41 @@ def radiographs_mark_unsupported(*, image_ids: Sequence[int], message: str) -> N
     """No model is installed for the body part: the images wait for a human read."""
     with transaction.atomic():
         images = list(Radiograph.objects.select_for_update().select_related("study").filter(id__in=image_ids))
-        Radiograph.objects.filter(id__in=[image.id for image in images]).update(
-            status=ImageStatus.UNSUPPORTED, error=message, attempts=0, claimed_by=""
+        _close_images(
+            images=images,
+            status=ImageStatus.UNSUPPORTED,
+            action="inference.unsupported",
+            details={"reason": message},
+            message=message,
         )
         for study in {image.study for image in images}:
-            audit_record(
-                actor=None,
-                action="inference.unsupported",
-                obj=study,
-                study=study,
-                details={"images": [i.id for i in images if i.study_id == study.id], "reason": message},
-            )
             _refresh_study(study=study)
 
 
 def _fail_images(*, images: Sequence[Radiograph], message: str) -> None:
+    _close_images(
+        images=images,
+        status=ImageStatus.FAILED,
+        action="inference.failed",
+        details={"error": message},
+        message=message,
+    )
+
+
+def _close_images(
+    *, images: Sequence[Radiograph], status: str, action: str, details: dict, message: str
+) -> None:
     # `attempts` counts claims that never reached an outcome (dead workers); an outcome resets it.
     Radiograph.objects.filter(id__in=[image.id for image in images]).update(
-        status=ImageStatus.FAILED, error=message, attempts=0, claimed_by=""
+        status=status, error=message, attempts=0, claimed_by=""
     )
     for study in {image.study for image in images}:
         audit_record(
             actor=None,
-            action="inference.failed",
+            action=action,
             obj=study,
             study=study,
-            details={"images": [i.id for i in images if i.study_id == study.id], "error": message},
+            details={"images": [i.id for i in images if i.study_id == study.id], **details},
         )
 
 
