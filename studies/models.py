@@ -2,7 +2,7 @@
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 
 class BodyPart(models.TextChoices):
@@ -93,6 +93,11 @@ class Study(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True
     )
+    # The worklist's sort key, kept by studies.services.worklist in the same transactions that
+    # change a result or add a review. Stored (not computed in the query) so that an index
+    # serves the worklist page at any table size; -1 = no result yet.
+    worklist_flagged = models.BooleanField(default=False, editable=False)
+    worklist_probability = models.FloatField(default=-1.0, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -102,7 +107,16 @@ class Study(models.Model):
             models.CheckConstraint(condition=Q(status__in=StudyStatus.values), name="study_status_valid"),
             models.CheckConstraint(condition=~Q(accession_number=""), name="study_accession_not_blank"),
         ]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(
+                F("worklist_flagged").desc(),
+                F("worklist_probability").desc(),
+                "created_at",
+                "id",
+                name="study_worklist_order",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.accession_number} {self.get_body_part_display()}"

@@ -10,7 +10,6 @@ from django.db.models import (
     BooleanField,
     Case,
     Exists,
-    F,
     OuterRef,
     Prefetch,
     Q,
@@ -71,12 +70,9 @@ def worklist(
         studies = studies.filter(is_reviewed=reviewed)
     if patient_id is not None:
         studies = studies.filter(patient_id=patient_id)
-    return studies.order_by(
-        F("is_flagged").desc(),
-        F("result__abnormal_probability").desc(nulls_last=True),
-        "created_at",
-        "id",
-    )
+    # The stored sort key (studies.services.worklist) equals (is_flagged, P(abnormal) or -1) and
+    # lets the study_worklist_order index serve the page instead of a sort of the whole table.
+    return studies.order_by("-worklist_flagged", "-worklist_probability", "created_at", "id")
 
 
 def _images_with_predictions() -> QuerySet[Radiograph]:

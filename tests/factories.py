@@ -24,6 +24,7 @@ from studies.models import (
     Study,
     StudyResult,
 )
+from studies.services.worklist import study_worklist_key_refresh
 
 PASSWORD = "correct horse battery staple"
 
@@ -109,6 +110,7 @@ class PredictionFactory(factory.django.DjangoModelFactory):
 class StudyResultFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = StudyResult
+        skip_postgeneration_save = True
 
     study = factory.SubFactory(StudyFactory, status=Study.Status.PREDICTED)
     abnormal_probability = 0.8
@@ -119,10 +121,17 @@ class StudyResultFactory(factory.django.DjangoModelFactory):
     model_name = "WRIST"
     model_version = "a" * 64
 
+    @factory.post_generation
+    def worklist_key(self, create, extracted, **kwargs):
+        # Made without the services, so keep the study's worklist sort key as they would.
+        if create:
+            study_worklist_key_refresh(study=self.study)
+
 
 class ReviewFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Review
+        skip_postgeneration_save = True
 
     study = factory.SubFactory(StudyFactory, status=Study.Status.REVIEWED)
     radiologist = factory.SubFactory(UserFactory, role="radiologist")
@@ -130,3 +139,8 @@ class ReviewFactory(factory.django.DjangoModelFactory):
     model_label = Label.ABNORMAL
     final_label = factory.LazyAttribute(lambda r: r.model_label)
     model_version = "a" * 64
+
+    @factory.post_generation
+    def worklist_key(self, create, extracted, **kwargs):
+        if create:
+            study_worklist_key_refresh(study=self.study)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from studies.audit import audit_record
 from studies.models import ImageStatus, Label, Prediction, Radiograph, Study, StudyResult, StudyStatus
+from studies.services.worklist import study_worklist_key_refresh
 
 # A study that a human has already read keeps its status when late images are predicted:
 # the review stands, and the new result is there for the radiologist to see.
@@ -302,6 +303,7 @@ def _store_result(*, study: Study, run: ModelRun) -> StudyResult | None:
             "demo": run.demo,
         },
     )
+    study_worklist_key_refresh(study=study)
     return result
 
 

@@ -7,6 +7,7 @@ from studies.audit import audit_record
 from studies.errors import ApplicationError, ConflictError, NotAllowedError
 from studies.models import Label, Review, ReviewDecision, Study, StudyResult, StudyStatus
 from studies.permissions import is_radiologist
+from studies.services.worklist import study_worklist_key_refresh
 
 
 @transaction.atomic
@@ -64,6 +65,7 @@ def review_create(
     )
     study.status = StudyStatus.REVIEWED
     study.save(update_fields=["status", "updated_at"])
+    study_worklist_key_refresh(study=study)
     audit_record(
         actor=radiologist,
         action="study.reviewed",

@@ -113,3 +113,18 @@ def test_audit_events_are_for_admins_and_filter(staff_user, admin_user):
     assert [e.study for e in audit_events(user=admin_user, actor="admin")] == [other]
     assert [e.study for e in audit_events(user=admin_user, actor=staff_user.pk)] == [study]
     assert audit_events(user=admin_user, action="study.created").count() == 0
+
+
+def test_worklist_sort_key_follows_results_and_reviews(radiologist_user):
+    """The stored sort key changes with the services that change a result or add a review."""
+    from studies.services import review_create
+
+    result = StudyResultFactory(abnormal_probability=0.9)
+    study = result.study
+    study.refresh_from_db()
+    assert (study.worklist_flagged, study.worklist_probability) == (True, 0.9)
+
+    review_create(study=study, radiologist=radiologist_user, decision="confirm", final_label=None)
+    study.refresh_from_db()
+    assert (study.worklist_flagged, study.worklist_probability) == (False, 0.9)
+    assert worklist(user=radiologist_user, flagged=False).get() == study

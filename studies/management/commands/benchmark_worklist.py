@@ -271,3 +271,10 @@ def _fill(*, total: int) -> None:
         ],
         batch_size=2000,
     )
+    # The worklist sort key, as studies.services.worklist keeps it (bulk_create skips services).
+    for study, _ in done:
+        study.worklist_probability = probability(study)
+        study.worklist_flagged = label(study) == Label.ABNORMAL and study.status != StudyStatus.REVIEWED
+    Study.objects.bulk_update(
+        [study for study, _ in done], ["worklist_flagged", "worklist_probability"], batch_size=2000
+    )
