@@ -2,7 +2,8 @@
 
 List selectors cost a fixed number of queries whatever the table size: related rows come
 through select_related/prefetch_related and derived values (flagged, reviewed, final label)
-are computed in the query, never stored.
+are computed in the query. The one exception is the worklist's sort key, stored on the study by
+studies.services.worklist so that an index serves the page at any table size.
 """
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
