@@ -31,7 +31,7 @@ from studies.audit import request_ip
 from studies.errors import ApplicationError, NotFoundError
 from studies.models import ImageFormat, Radiograph
 from studies.permissions import IsAdmin, IsRadiologist, IsStaffMember
-from studies.previews import render_preview_png
+from studies.previews import ensure_preview
 from studies.serializers import (
     AuditEventFilterSerializer,
     AuditEventOutputSerializer,
@@ -294,9 +294,7 @@ class ImagePreviewApi(_ImageFileBase):
     def get(self, request: Request, pk: int) -> HttpResponse:
         image = selectors.image_detail(user=request.user, image_id=pk)
         self._record_view(request, image)
-        with default_storage.open(image.file.name, "rb") as stored:
-            png = render_preview_png(data=stored.read())
-        return _no_store(HttpResponse(png, content_type="image/png"))
+        return _private_file(name=ensure_preview(stored_name=image.file.name), content_type="image/png")
 
 
 # --- audit and schema -------------------------------------------------------------------

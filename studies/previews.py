@@ -3,6 +3,8 @@
 import io
 
 import numpy as np
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from PIL import Image
 
 PREVIEW_MAX_SIDE = 1024
@@ -33,3 +35,24 @@ def render_preview_png(*, data: bytes, max_side: int = PREVIEW_MAX_SIDE) -> byte
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+def preview_name(stored_name: str) -> str:
+    """Where the preview of a stored upload lives (uploads are content-addressed and never change)."""
+    return f"previews/{stored_name}.png"
+
+
+def ensure_preview(*, stored_name: str) -> str:
+    """The storage name of the upload's preview, rendered on first use and kept.
+
+    Decoding a large JPEG 2000 DICOM takes about 0.6 s: a worklist of thumbnails must not pay
+    that on every page load.
+    """
+    name = preview_name(stored_name)
+    if not default_storage.exists(name):
+        with default_storage.open(stored_name, "rb") as stored:
+            png = render_preview_png(data=stored.read())
+        saved = default_storage.save(name, ContentFile(png))
+        if saved != name:  # a concurrent request stored the same preview first
+            default_storage.delete(saved)
+    return name

@@ -5,9 +5,11 @@ import io
 import pydicom
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from PIL import Image
 
 from studies.models import AuditEvent, Patient, Radiograph, Review, Study, StudyStatus
+from studies.previews import preview_name
 from tests.conftest import SHARED_DATA
 from tests.factories import (
     PASSWORD,
@@ -286,10 +288,15 @@ def test_image_detail_and_file_views(staff, staff_user, settings):
     assert "no-store" in original["Cache-Control"]
     preview = staff.get(body["preview_url"])
     assert preview.status_code == 200 and preview["Content-Type"] == "image/png"
-    rendered = Image.open(io.BytesIO(preview.content))
+    rendered = Image.open(io.BytesIO(b"".join(preview.streaming_content)))
     assert rendered.mode == "L" and rendered.size == (image.width, image.height)
+    # Rendered once and kept: the next request reads the stored preview.
+    stored = Radiograph.objects.get(pk=image.pk).file.name
+    assert default_storage.exists(preview_name(stored))
+    again = staff.get(body["preview_url"])
+    assert b"".join(again.streaming_content) == default_storage.open(preview_name(stored)).read()
     parts = list(AuditEvent.objects.filter(action="image.viewed").values_list("details__part", flat=True))
-    assert sorted(parts) == ["file", "preview"]
+    assert sorted(parts) == ["file", "preview", "preview"]
 
 
 def test_heatmap_is_served_when_there_is_one(staff):
