@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+import numpy as np
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -48,6 +49,13 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 
 def inspect_upload(data: bytes) -> DecodedImage:
     """Decode an upload to check it is a readable radiograph; raises DecodeError if not."""
     return decode_image(data, max_pixels=settings.MSKDETECT_MAX_PIXELS)
+
+
+def display_pixels(data: bytes) -> np.ndarray:
+    """An upload as 8-bit display pixels, by the same rules the heat-map overlay uses."""
+    from inference.preprocessing import to_display_uint8
+
+    return to_display_uint8(inspect_upload(data))
 
 
 def enqueue_images(image_ids: Sequence[int]) -> None:

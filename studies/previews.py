@@ -2,7 +2,6 @@
 
 import io
 
-import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
@@ -10,24 +9,11 @@ from PIL import Image
 PREVIEW_MAX_SIDE = 1024
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    if pixels.dtype == np.uint8:
-        return pixels
-    # 16-bit radiographs rarely use their full range (a 12-bit detector in a 16-bit PNG):
-    # stretch what is there so the preview is not nearly black.
-    values = pixels.astype(np.float32)
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(pixels.shape, dtype=np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
 def render_preview_png(*, data: bytes, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
     """Decode a stored upload (PNG, JPEG or DICOM) and return a PNG no larger than max_side."""
-    from inference.tasks import inspect_upload
+    from inference.tasks import display_pixels
 
-    decoded = inspect_upload(data)
-    pixels = _to_uint8(decoded.pixels)
+    pixels = display_pixels(data)
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = pixels[:, :, :3]
     image = Image.fromarray(pixels)
