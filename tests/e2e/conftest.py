@@ -133,16 +133,25 @@ def e2e_env(django_db_setup, django_db_blocker, e2e_dir, e2e_model_dir) -> dict[
         pytest.skip("end-to-end tests need DATABASE_URL=postgres://… (the worker shares the test DB)")
     with django_db_blocker.unblock():
         database_url = database_url_for(connection.settings_dict)
+    # Short enough for a test to watch a lost job come back, long enough not to race an upload.
+    return stack_env(
+        database_url=database_url, root=e2e_dir, model_dir=e2e_model_dir, redispatch_after_seconds=2
+    )
+
+
+def stack_env(
+    *, database_url: str, root: Path, model_dir: Path, redispatch_after_seconds: int
+) -> dict[str, str]:
+    """Environment for a test stack's subprocesses (worker, web server, manage.py)."""
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="mskdetect.settings.test",
         DATABASE_URL=database_url,
         CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL,
-        MEDIA_ROOT=str(e2e_dir / "media"),
-        MSKDETECT_DATA_DIR=str(e2e_dir / "var"),
-        MSKDETECT_MODEL_DIR=str(e2e_model_dir),
-        # Short enough for a test to watch a lost job come back, long enough not to race an upload.
-        MSKDETECT_REDISPATCH_AFTER_SECONDS="2",
+        MEDIA_ROOT=str(root / "media"),
+        MSKDETECT_DATA_DIR=str(root / "var"),
+        MSKDETECT_MODEL_DIR=str(model_dir),
+        MSKDETECT_REDISPATCH_AFTER_SECONDS=str(redispatch_after_seconds),
         MSKDETECT_REDISPATCH_EVERY_SECONDS="1",
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",

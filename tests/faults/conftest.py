@@ -25,7 +25,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from tests.conftest import SHARED_DATA
-from tests.e2e.conftest import WebServer, Worker, database_url_for
+from tests.e2e.conftest import WebServer, Worker, database_url_for, stack_env
 from tests.factories import PASSWORD, UserFactory
 from tests.inference.tiny_models import write_tiny_model_dir
 
@@ -277,21 +277,13 @@ def fault_database_url(django_db_setup, django_db_blocker) -> str:
 @pytest.fixture
 def fault_env(fault_database_url, fault_model_dir, tmp_path) -> dict[str, str]:
     """Environment for this test's subprocesses; the broker is the configured Redis unless replaced."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="mskdetect.settings.test",
-        DATABASE_URL=f"{fault_database_url}?application_name={WORKER_APPLICATION_NAME}",
-        CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL,
-        MEDIA_ROOT=str(tmp_path / "media"),
-        MSKDETECT_DATA_DIR=str(tmp_path / "var"),
-        MSKDETECT_MODEL_DIR=str(fault_model_dir),
-        # Long enough that a backlog waiting in the queue is not sent again and again.
-        MSKDETECT_REDISPATCH_AFTER_SECONDS="5",
-        MSKDETECT_REDISPATCH_EVERY_SECONDS="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONUNBUFFERED="1",
+    # Long enough that a backlog waiting in the queue is not sent again and again.
+    return stack_env(
+        database_url=f"{fault_database_url}?application_name={WORKER_APPLICATION_NAME}",
+        root=tmp_path,
+        model_dir=fault_model_dir,
+        redispatch_after_seconds=5,
     )
-    return env
 
 
 @pytest.fixture
