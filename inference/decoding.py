@@ -30,6 +30,7 @@ No TensorFlow import here: this module runs in the web process to validate uploa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import tempfile
@@ -44,6 +45,8 @@ from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
+from inference import dicom_codecs
+
 logger = logging.getLogger(__name__)
 
 # 50 megapixels: a full-size 43x43 cm detector at 100 um is about 18 MP, so real radiographs pass
@@ -56,20 +59,34 @@ ALLOWED_MODALITIES = frozenset({"CR", "DX", "RG", "OT"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 
-# Decoding plugins in order of preference per transfer syntax. JPEG 2000: openjpeg (pylibjpeg),
-# the reference implementation, before GDCM and Pillow; JPEG-LS: CharLS (pyjpegls) before GDCM;
-# JPEG lossless and 12-bit JPEG: only GDCM decodes them without a GPL codec; 8-bit baseline JPEG:
-# Pillow (libjpeg-turbo), then GDCM. Syntaxes not listed (uncompressed, deflated, RLE) use pydicom.
+# Decoding plugins in order of preference per transfer syntax. JPEG 2000: OpenJPEG through
+# imagecodecs (several threads; see inference.dicom_codecs), then through pylibjpeg, GDCM and Pillow;
+# JPEG-LS: CharLS (pyjpegls) before GDCM; JPEG lossless: libjpeg-turbo through imagecodecs, then
+# GDCM (both BSD: no GPL codec); 12-bit JPEG: GDCM; 8-bit baseline JPEG: Pillow (libjpeg-turbo),
+# then GDCM. Syntaxes not listed (uncompressed, deflated, RLE) use pydicom.
 _PLUGIN_ORDER: dict[str, tuple[str, ...]] = {
-    dicom_uid.JPEG2000Lossless: ("pylibjpeg", "gdcm", "pillow"),
-    dicom_uid.JPEG2000: ("pylibjpeg", "gdcm", "pillow"),
+    dicom_uid.JPEG2000Lossless: (dicom_codecs.PLUGIN_NAME, "pylibjpeg", "gdcm", "pillow"),
+    dicom_uid.JPEG2000: (dicom_codecs.PLUGIN_NAME, "pylibjpeg", "gdcm", "pillow"),
     dicom_uid.JPEGLSLossless: ("pyjpegls", "gdcm"),
     dicom_uid.JPEGLSNearLossless: ("pyjpegls", "gdcm"),
-    dicom_uid.JPEGLosslessSV1: ("gdcm",),
-    dicom_uid.JPEGLossless: ("gdcm",),
+    dicom_uid.JPEGLosslessSV1: (dicom_codecs.PLUGIN_NAME, "gdcm"),
+    dicom_uid.JPEGLossless: (dicom_codecs.PLUGIN_NAME, "gdcm"),
     dicom_uid.JPEGExtended12Bit: ("gdcm", "pillow"),
     dicom_uid.JPEGBaseline8Bit: ("pillow", "gdcm"),
 }
+
+
+_CODEC_PLUGIN_PATH = ("inference.dicom_codecs", "_decode_frame")
+
+
+def _register_codec_plugin() -> None:
+    # At import, once: pydicom's add_plugin is not thread-safe, and a second call raises.
+    for transfer_syntax in dicom_codecs.DECODER_DEPENDENCIES:
+        with contextlib.suppress(ValueError):  # already registered (the module was reloaded)
+            get_decoder(transfer_syntax).add_plugin(dicom_codecs.PLUGIN_NAME, _CODEC_PLUGIN_PATH)
+
+
+_register_codec_plugin()
 
 
 class DecodeError(ValueError):
