@@ -52,6 +52,7 @@ class BenchmarkResult:
     worker_gflops: float
     sgemm_fraction: float
     threads: int
+    runtime: str  # the worker path's engine: keras or onnx
     # Where the time goes, in ms per image: both paths decode the same files, so decoding
     # (DICOM JPEG 2000 above all) bounds the end-to-end ratio; model_speedup isolates batching.
     seed_preprocess_ms: float
@@ -208,6 +209,7 @@ def run_benchmark(
         worker_gflops=gflop * worker_rate,
         sgemm_fraction=gflop * worker_rate / sgemm,
         threads=len(os.sched_getaffinity(0)),
+        runtime=predictor.runtime,
         seed_preprocess_ms=seed_stages.preprocess * 1000 / len(paths),
         seed_model_ms=seed_stages.model * 1000 / len(paths),
         worker_decode_ms=worker_stages.decode * 1000 / len(paths),

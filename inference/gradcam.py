@@ -1,10 +1,13 @@
 """Grad-CAM heat maps (Selvaraju et al., 2017) and their overlay on the radiograph.
 
 The target is the last layer with a 4-D output. For the seed architecture that layer lives inside
-the nested InceptionResNetV2 base (``conv_7b_ac``): the nested base cannot be cut from the outside,
-so a model is built from the base's own input to [target output, base output], and the outer
-layers around the base are re-applied in order (the outer model is a chain, as the seed is).
-Sequential models are also run layer by layer; other functional models get one grad model.
+the nested InceptionResNetV2 base (``conv_7b_ac``, the base's own output).
+
+Where the layers after the target form a chain (the seed, Sequential models, functional models with
+a plain head), the model is cut there (``feature_split``): one forward pass returns the feature maps
+with the outputs, in Keras or in ONNX Runtime, and the gradient comes from re-running only the head
+on the feature maps. Elsewhere (a target inside a base, before its output; a branching head) a grad
+model runs the whole network under the tape.
 
 The class score is the class's log-odds computed from the final Dense layer's logits: the softmax
 output itself saturates for confident predictions, and its gradient then vanishes.
@@ -13,7 +16,10 @@ output itself saturates for confident predictions, and its gradient then vanishe
 from __future__ import annotations
 
 import io
+import threading
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import matplotlib
@@ -30,6 +36,91 @@ OVERLAY_MAX_ALPHA = 0.5
 Forward = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
+@dataclass(frozen=True)
+class FeatureSplit:
+    """A model cut at its Grad-CAM layer: one forward pass gives the feature maps and the outputs.
+
+    The head (the layers from the feature maps to the last layer) is small for a CNN classifier, so
+    the class score's gradient is computed by re-running only the head: a study's predictions and
+    heat maps cost one pass through the network, in either runtime.
+    """
+
+    features_model: keras.Model  # model input -> [feature maps, model outputs]
+    head: tuple[keras.layers.Layer, ...]  # feature maps -> the last layer's input
+    last_layer: keras.layers.Layer
+
+
+_splits: weakref.WeakKeyDictionary[keras.Model, FeatureSplit | None] = weakref.WeakKeyDictionary()
+_splits_lock = threading.Lock()
+
+
+def feature_split(model: keras.Model) -> FeatureSplit | None:
+    """The model cut at its last 4-D layer (made once per model), or None where it cannot be cut.
+
+    It can be cut when the layers after the target form a chain to the output: Sequential models,
+    the seed (its nested base ends at ``conv_7b_ac``) and functional models with a chain head.
+    """
+    with _splits_lock:
+        if model in _splits:
+            return _splits[model]
+        try:
+            split = _build_split(model, layer_name=None)
+        except ValueError:  # no 4-D layer: no heat maps at all
+            split = None
+        _splits[model] = split
+        return split
+
+
+def _build_split(model: keras.Model, *, layer_name: str | None) -> FeatureSplit | None:
+    layers = model.layers
+    last_layer = layers[-1]
+    target_index = _target_layer(layers[:-1], layer_name)
+    target = layers[target_index]
+    head = tuple(layers[target_index + 1 : -1])
+    if isinstance(target, keras.Model):
+        inner = target.layers[_target_layer(target.layers, layer_name)]
+        if inner.output is not target.outputs[0]:
+            return None  # the target lies inside the base, before its output
+    if isinstance(model, keras.Sequential):
+        # A loaded Sequential's layer.input/.output belong to a graph rebuilt at load time, not
+        # always the one model.inputs starts; calling the layers in order is always right.
+        inputs = keras.Input(shape=model.input_shape[1:])
+        features = inputs
+        for layer in layers[: target_index + 1]:
+            features = layer(features)
+        outputs = features
+        for layer in (*head, last_layer):
+            outputs = layer(outputs)
+        return FeatureSplit(keras.Model(inputs, [features, outputs]), head, last_layer)
+    if not _is_chain(target.output, (*head, last_layer)) or len(model.outputs) != 1:
+        return None
+    return FeatureSplit(keras.Model(model.inputs, [target.output, model.outputs[0]]), head, last_layer)
+
+
+def _is_chain(start: keras.KerasTensor, layers: tuple[keras.layers.Layer, ...]) -> bool:
+    current = start
+    for layer in layers:
+        try:
+            if layer.input is not current:
+                return False
+        except (AttributeError, ValueError):  # a shared layer or one with several inputs
+            return False
+        current = layer.output
+    return True
+
+
+def cams_from_features(split: FeatureSplit, feature_maps: np.ndarray, *, class_index: int = 0) -> np.ndarray:
+    """Grad-CAM maps (N, h, w) in [0, 1] from the target layer's feature maps, through the head only."""
+    features = tf.constant(np.asarray(feature_maps, dtype=np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        outputs = features
+        for layer in split.head:
+            outputs = layer(outputs, training=False)
+        score = _class_score(split.last_layer, outputs, class_index=class_index)
+    return _normalised_cams(features, tape.gradient(score, features))
+
+
 def gradcam_heatmaps(
     model: keras.Model, batch: np.ndarray, *, class_index: int = 0, layer_name: str | None = None
 ) -> np.ndarray:
@@ -38,12 +129,19 @@ def gradcam_heatmaps(
     ``batch`` is the preprocessed model input. Pass ``class_index=spec.abnormal_index`` for a model
     whose labels do not start with "abnormal". An image with no positive evidence gets all zeros.
     """
-    forward, last_layer = _forward_to_last_layer(model, layer_name=layer_name)
     inputs = tf.constant(np.asarray(batch, dtype=np.float32))
+    split = feature_split(model) if layer_name is None else _build_split(model, layer_name=layer_name)
+    if split is not None:
+        feature_maps, _ = split.features_model(inputs, training=False)
+        return cams_from_features(split, feature_maps, class_index=class_index)
+    forward, last_layer = _forward_to_last_layer(model, layer_name=layer_name)
     with tf.GradientTape() as tape:
         feature_maps, last_input = forward(inputs)
         score = _class_score(last_layer, last_input, class_index=class_index)
-    gradients = tape.gradient(score, feature_maps)
+    return _normalised_cams(feature_maps, tape.gradient(score, feature_maps))
+
+
+def _normalised_cams(feature_maps: tf.Tensor, gradients: tf.Tensor) -> np.ndarray:
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(channel_weights * feature_maps, axis=-1)).numpy()
     peaks = cams.max(axis=(1, 2), keepdims=True)

@@ -9,6 +9,8 @@ log2(batch_size) + 1 shapes, and a padded chunk wastes less than half its work.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 import time
 import weakref
@@ -21,8 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 from inference.decoding import DecodedImage
+from inference.gradcam import cams_from_features, feature_split, gradcam_heatmaps
+from inference.onnx_runtime import RUNTIME_KERAS, RUNTIME_ONNX, RUNTIMES, OnnxRuntimeError, load_onnx_model
 from inference.preprocessing import build_batch, get_profile
 from inference.registry import ABNORMAL, LoadedModel, ModelSpec
+
+logger = logging.getLogger(__name__)
 
 UNVERSIONED = "unversioned"
 
@@ -45,6 +51,13 @@ class StudyPrediction:
     preprocessing: str
     preprocess_ms: float
     inference_ms: float
+    runtime: str = RUNTIME_KERAS
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    probabilities: np.ndarray  # P(abnormal) per image
+    heatmaps: np.ndarray | None  # (N, h, w) Grad-CAM maps in [0, 1], when asked for and computed
 
 
 _compiled: weakref.WeakKeyDictionary[keras.Model, Callable[[tf.Tensor], tf.Tensor]] = (
@@ -87,18 +100,75 @@ def spec_for_plain_model(*, model: keras.Model, preprocessing: str = "seed") -> 
     )
 
 
-class Predictor:
-    """Runs one model on decoded images and applies the study-level rule."""
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of a model's weight values: the version of a model that has no weight file."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()
 
-    def __init__(self, loaded: LoadedModel | keras.Model, *, batch_size: int = 16) -> None:
+
+class Predictor:
+    """Runs one model on decoded images and applies the study-level rule.
+
+    ``runtime="onnx"`` runs the forward pass in ONNX Runtime (see ``inference.onnx_runtime``);
+    when ORT cannot serve the model, the predictor says why in the log and uses Keras. The
+    ``runtime`` attribute and every ``StudyPrediction`` tell which engine computed the result.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel | keras.Model,
+        *,
+        batch_size: int = 16,
+        runtime: str = RUNTIME_KERAS,
+        onnx_dir: Path | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if isinstance(loaded, keras.Model):
             loaded = LoadedModel(spec=spec_for_plain_model(model=loaded), model=loaded, version=UNVERSIONED)
         self.loaded = loaded
         self.batch_size = batch_size
         self.profile = get_profile(loaded.spec.preprocessing)
-        self._call = compiled_call(loaded.model)
+        # Cut at the Grad-CAM layer where possible: the forward pass then also returns the feature
+        # maps, and heat maps cost only a pass back through the head (inference.gradcam).
+        self.split = feature_split(loaded.model)
+        self._network = self.split.features_model if self.split is not None else loaded.model
+        self._call = compiled_call(self._network)
+        self.onnx_model = self._load_onnx(onnx_dir=onnx_dir) if runtime == RUNTIME_ONNX else None
+        self.runtime = RUNTIME_ONNX if self.onnx_model is not None else RUNTIME_KERAS
+
+    def _load_onnx(self, *, onnx_dir: Path | None):
+        model, version = self.loaded.model, self.loaded.version
+        version = weights_digest(model) if version == UNVERSIONED else version
+        try:
+            return load_onnx_model(
+                model=self._network,
+                # The cut network has two outputs: its file is not the plain model's.
+                version=f"{version}-gradcam" if self.split is not None else version,
+                reference=self._keras_forward,
+                cache_dir=onnx_dir,
+            )
+        except OnnxRuntimeError as exc:
+            logger.warning("Using Keras for %s: %s", self.loaded.spec.name or model.name, exc)
+            return None
+
+    def _keras_forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        results = self._call(tf.constant(batch))
+        return [
+            np.asarray(result) for result in (results if isinstance(results, list | tuple) else [results])
+        ]
+
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's outputs for a batch, and the Grad-CAM layer's feature maps where it is cut."""
+        results = self.onnx_model(batch) if self.onnx_model is not None else self._keras_forward(batch)
+        if self.split is None:
+            return results[0], None
+        feature_maps, outputs = results
+        return outputs, feature_maps
 
     def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
         """The model's input batch for these images, by the model's preprocessing profile."""
@@ -106,15 +176,42 @@ class Predictor:
 
     def abnormal_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """P(abnormal) for each row of a preprocessed batch, in chunks of ``batch_size``."""
-        abnormal_index = self.loaded.spec.abnormal_index
-        results = np.empty(len(batch), dtype=np.float64)
+        return self.run(batch, heatmaps=False).probabilities
+
+    def run(self, batch: np.ndarray, *, heatmaps: bool) -> BatchResult:
+        """P(abnormal) for each row of a preprocessed batch and, if asked, its Grad-CAM heat map.
+
+        A heat map is an aid, not the result: when Grad-CAM fails, the probabilities still come
+        back, with ``heatmaps`` None, and the failure is logged.
+        """
+        probabilities = np.empty(len(batch), dtype=np.float64)
+        feature_chunks: list[np.ndarray] = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start : start + self.batch_size]
             padded = np.zeros((_padded_size(len(chunk), self.batch_size), *chunk.shape[1:]), np.float32)
             padded[: len(chunk)] = chunk
-            outputs = np.asarray(self._call(tf.constant(padded)))
-            results[start : start + len(chunk)] = outputs[: len(chunk), abnormal_index]
-        return results
+            outputs, feature_maps = self._forward(padded)
+            probabilities[start : start + len(chunk)] = outputs[: len(chunk), self.loaded.spec.abnormal_index]
+            if heatmaps and feature_maps is not None:
+                feature_chunks.append(feature_maps[: len(chunk)])
+        return BatchResult(
+            probabilities=probabilities,
+            heatmaps=self._heatmaps(batch=batch, feature_chunks=feature_chunks) if heatmaps else None,
+        )
+
+    def _heatmaps(self, *, batch: np.ndarray, feature_chunks: list[np.ndarray]) -> np.ndarray | None:
+        class_index = self.loaded.spec.abnormal_index
+        try:
+            if self.split is None:  # not cut: a grad model runs the whole network again
+                return gradcam_heatmaps(self.loaded.model, batch, class_index=class_index)
+            return np.concatenate(
+                [cams_from_features(self.split, maps, class_index=class_index) for maps in feature_chunks]
+            )
+        except Exception:  # Grad-CAM on an unusual model can fail in many ways; the result stands
+            logger.exception(
+                "Grad-CAM failed for %s; predictions stand without heat maps", self.loaded.spec.name
+            )
+            return None
 
     def predict(self, images: Sequence[DecodedImage]) -> StudyPrediction:
         """Predict one study: per-image P(abnormal), their mean, and the label at the threshold."""
@@ -171,4 +268,5 @@ class Predictor:
             preprocessing=spec.preprocessing,
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
+            runtime=self.runtime,
         )

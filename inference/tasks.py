@@ -191,14 +191,19 @@ def _predict_study(*, images: list[Radiograph]) -> None:
         return
 
     spec = loaded.spec
-    predictor = Predictor(loaded, batch_size=settings.MSKDETECT_BATCH_SIZE)
-    # Preprocessed once: the same batch feeds the prediction and Grad-CAM.
+    predictor = Predictor(
+        loaded,
+        batch_size=settings.MSKDETECT_BATCH_SIZE,
+        runtime=settings.MSKDETECT_RUNTIME,
+        onnx_dir=settings.MSKDETECT_ONNX_DIR,
+    )
     started = time.perf_counter()
     batch = predictor.preprocess(decoded)
     preprocessed = time.perf_counter()
-    probabilities = predictor.abnormal_probabilities(batch)
+    # One forward pass gives the probabilities and, through the head only, the Grad-CAM maps.
+    result = predictor.run(batch, heatmaps=True)
     finished = time.perf_counter()
-    overlays = _heatmap_overlays(loaded=loaded, batch=batch, decoded=decoded)
+    overlays = _heatmap_overlays(spec=spec, heatmaps=result.heatmaps, decoded=decoded)
     predictions_record(
         study_id=study.id,
         run=ModelRun(
@@ -218,24 +223,24 @@ def _predict_study(*, images: list[Radiograph]) -> None:
                 label=Label.ABNORMAL if probability >= spec.threshold else Label.NORMAL,
                 heatmap_png=overlay,
             )
-            for image, probability, overlay in zip(readable, probabilities, overlays, strict=True)
+            for image, probability, overlay in zip(readable, result.probabilities, overlays, strict=True)
         ],
     )
 
 
-def _heatmap_overlays(*, loaded, batch, decoded: list[DecodedImage]) -> list[bytes | None]:
-    from inference.gradcam import gradcam_heatmaps, heatmap_overlay_png
+def _heatmap_overlays(*, spec, heatmaps, decoded: list[DecodedImage]) -> list[bytes | None]:
+    from inference.gradcam import heatmap_overlay_png
 
-    spec = loaded.spec
+    if heatmaps is None:  # Grad-CAM failed (the predictor logged why): the predictions still stand
+        return [None] * len(decoded)
     try:
-        heatmaps = gradcam_heatmaps(loaded.model, batch, class_index=spec.abnormal_index)
         return [
             heatmap_overlay_png(image, heatmap, preprocessing=spec.preprocessing)
             for image, heatmap in zip(decoded, heatmaps, strict=True)
         ]
     except Exception:
-        # A heat map is an aid, not the result: when Grad-CAM fails the predictions still stand.
-        logger.exception("Grad-CAM failed; the predictions are stored without heat maps")
+        # A heat map is an aid, not the result: when drawing it fails the predictions still stand.
+        logger.exception("Heat-map overlays failed; the predictions are stored without heat maps")
         return [None] * len(decoded)
 
 

@@ -20,6 +20,7 @@ KEYS = {
     "worker_gflops",
     "sgemm_fraction",
     "threads",
+    "runtime",
     "seed_preprocess_ms",
     "seed_model_ms",
     "worker_decode_ms",
@@ -64,6 +65,7 @@ def test_benchmark_command_prints_all_figures_as_json():
     figures = json.loads(lines[-1])
     assert set(figures) == KEYS
     assert figures["images"] == 2 and figures["batch_size"] == 2
+    assert figures.pop("runtime") == "keras"
     assert all(value > 0 for value in figures.values())
     # InceptionResNetV2 at 224x224 plus the seed head: about 13 GFLOP (6.5 G multiply-adds).
     assert 12 < figures["gflop_per_image"] < 14

@@ -17,7 +17,7 @@ from inference.registry import ModelRegistry
 from tests.conftest import REPO_ROOT
 from tests.inference.tiny_models import write_tiny_model_dir
 
-RESULT_KEYS = {"file", "abnormal_probability", "label", "model_name", "model_version", "demo"}
+RESULT_KEYS = {"file", "abnormal_probability", "label", "model_name", "model_version", "demo", "runtime"}
 
 
 @pytest.fixture
@@ -50,6 +50,7 @@ def test_predicts_each_file_and_matches_the_predictor(tiny_model_dir, radiograph
         assert result["model_name"] == "tiny-wrist"
         assert result["model_version"] == loaded.version and len(loaded.version) == 64
         assert result["demo"] is True
+        assert result["runtime"] == "keras"
 
 
 def test_a_bad_file_gets_an_error_line_and_the_others_are_predicted(tiny_model_dir, radiographs, tmp_path):

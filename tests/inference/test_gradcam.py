@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage.transform import resize
 
-from inference.gradcam import gradcam_heatmaps, heatmap_overlay_png, input_region
+from inference.gradcam import feature_split, gradcam_heatmaps, heatmap_overlay_png, input_region
 from tests.inference.conftest import gray_image
 
 SIZE = 64
@@ -57,6 +57,19 @@ def _nested_model() -> keras.Model:
     )
 
 
+def _branching_head_model() -> keras.Model:
+    # The maps feed two branches: the head is not a chain, so a grad model runs the whole network.
+    inputs = keras.Input(shape=(SIZE, SIZE, 1))
+    features = _conv_trunk(inputs)
+    pooled = keras.layers.Concatenate()(
+        [
+            keras.layers.GlobalMaxPooling2D()(features),
+            keras.layers.GlobalMaxPooling2D(name="second_branch")(features),
+        ]
+    )
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(pooled))
+
+
 def _trained(model: keras.Model) -> keras.Model:
     keras.utils.set_random_seed(0)
     images, labels, _ = _lesion_images(400, rng=np.random.default_rng(0))
@@ -72,10 +85,15 @@ def lesion_test_set():
     return images[abnormal], centres[abnormal]
 
 
-@pytest.mark.parametrize("build", [_flat_model, _nested_model], ids=["functional", "nested"])
-def test_heat_lies_on_the_lesion(build, lesion_test_set):
+@pytest.mark.parametrize(
+    ("build", "cut"),
+    [(_flat_model, True), (_nested_model, True), (_branching_head_model, False)],
+    ids=["functional", "nested", "branching-head"],
+)
+def test_heat_lies_on_the_lesion(build, cut, lesion_test_set):
     keras.utils.set_random_seed(0)
     model = _trained(build())
+    assert (feature_split(model) is not None) == cut  # both ways of computing Grad-CAM are tested
     images, centres = lesion_test_set
     assert np.mean(np.argmax(model.predict_on_batch(images), axis=1) == 0) > 0.8, "model must find lesions"
 
@@ -96,6 +114,10 @@ def test_heat_lies_on_the_lesion(build, lesion_test_set):
 
 
 def test_seed_heatmaps_come_from_the_nested_last_conv_block(seed_format_loaded, seed_format_file):
+    split = feature_split(seed_format_loaded.model)
+    assert split.features_model.outputs[0].shape[1:] == (5, 5, 1536)
+    assert split.head[0].name.startswith("flatten")
+
     heatmaps = gradcam_heatmaps(seed_format_loaded.model, seed_format_file.inputs[:2])
 
     assert heatmaps.shape == (2, 5, 5)  # conv_7b_ac of InceptionResNetV2 at 224x224

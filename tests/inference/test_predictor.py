@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference import predictor as predictor_module
+from inference.gradcam import gradcam_heatmaps
 from inference.predictor import Predictor
 from inference.preprocessing import get_profile
 from inference.registry import ModelRegistry
@@ -107,3 +109,34 @@ def test_a_plain_keras_model_can_be_benchmarked():
 def test_empty_study_is_rejected(tiny_model_dir):
     with pytest.raises(ValueError, match="at least one image"):
         Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict([])
+
+
+def test_one_run_gives_probabilities_and_the_grad_cam_maps_of_a_full_grad_cam(tiny_model_dir):
+    loaded = ModelRegistry(tiny_model_dir).get("XR_WRIST")
+    predictor = Predictor(loaded, batch_size=3)  # chunks 3, 3, 1
+    batch = predictor.preprocess(_images(7))
+
+    result = predictor.run(batch, heatmaps=True)
+
+    np.testing.assert_allclose(result.probabilities, predictor.abnormal_probabilities(batch), atol=1e-6)
+    expected = gradcam_heatmaps(loaded.model, batch, class_index=loaded.spec.abnormal_index)
+    assert result.heatmaps.shape == expected.shape == (7, 26, 26)
+    np.testing.assert_allclose(result.heatmaps, expected, atol=1e-5)
+    assert result.heatmaps.max() == pytest.approx(1.0)  # normalised: each map's peak is 1
+    assert predictor.run(batch, heatmaps=False).heatmaps is None
+
+
+def test_a_grad_cam_failure_keeps_the_probabilities(tiny_model_dir, monkeypatch, caplog):
+    loaded = ModelRegistry(tiny_model_dir).get("XR_WRIST")
+    predictor = Predictor(loaded)
+    batch = predictor.preprocess(_images(2))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no gradient")
+
+    monkeypatch.setattr(predictor_module, "cams_from_features", broken)
+    result = predictor.run(batch, heatmaps=True)
+
+    assert result.heatmaps is None
+    np.testing.assert_allclose(result.probabilities, predictor.abnormal_probabilities(batch))
+    assert "Grad-CAM failed for tiny-wrist" in caplog.text

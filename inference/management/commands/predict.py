@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference.decoding import DecodedImage, DecodeError, decode_image
+from inference.onnx_runtime import RUNTIMES
 from inference.predictor import Predictor
 from inference.registry import ABNORMAL, BODY_PARTS, ModelLoadError, ModelRegistry, UnsupportedBodyPart
 
@@ -38,6 +39,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--heatmap-dir", type=Path, help="write a Grad-CAM overlay PNG per file here")
         parser.add_argument("--batch-size", type=int, default=settings.MSKDETECT_BATCH_SIZE)
+        parser.add_argument(
+            "--runtime",
+            choices=RUNTIMES,
+            default=settings.MSKDETECT_RUNTIME,
+            help="engine for the forward pass (default: MSKDETECT_RUNTIME); onnx falls back to keras",
+        )
 
     def handle(self, *args, **options) -> None:
         body_part: str = options["body_part"]
@@ -69,10 +76,16 @@ class Command(BaseCommand):
                 results.append({"file": str(path), "error": reason})
 
         if decoded:
-            predictor = Predictor(loaded, batch_size=options["batch_size"])
+            predictor = Predictor(
+                loaded,
+                batch_size=options["batch_size"],
+                runtime=options["runtime"],
+                onnx_dir=settings.MSKDETECT_ONNX_DIR,
+            )
             batch = predictor.preprocess([image for _, _, image in decoded])
-            probabilities = predictor.abnormal_probabilities(batch)
-            heatmap_paths = self._heatmaps(loaded, batch, decoded, options["heatmap_dir"])
+            run = predictor.run(batch, heatmaps=options["heatmap_dir"] is not None)
+            probabilities = run.probabilities
+            heatmap_paths = self._heatmaps(loaded, run.heatmaps, decoded, options["heatmap_dir"])
             spec = loaded.spec
             for position, ((index, _, _), probability) in enumerate(zip(decoded, probabilities, strict=True)):
                 results[index].update(
@@ -81,6 +94,7 @@ class Command(BaseCommand):
                     model_name=spec.name,
                     model_version=loaded.version,
                     demo=spec.demo,
+                    runtime=predictor.runtime,
                 )
                 if heatmap_paths:
                     results[index]["heatmap"] = str(heatmap_paths[position])
@@ -91,19 +105,19 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{failed} of {len(results)} file(s) could not be read")
 
-    def _heatmaps(self, loaded, batch, decoded, heatmap_dir: Path | None) -> list[Path]:
+    def _heatmaps(self, loaded, heatmaps, decoded, heatmap_dir: Path | None) -> list[Path]:
         if heatmap_dir is None:
             return []
-        # Imported here: Grad-CAM needs gradients, which a plain prediction run does not pay for.
-        from inference.gradcam import gradcam_heatmaps, heatmap_overlay_png
+        if heatmaps is None:  # the predictions stand; the predictor logged why Grad-CAM failed
+            self.stderr.write("Grad-CAM failed for this model: no heat maps written")
+            return []
+        from inference.gradcam import heatmap_overlay_png
 
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-        spec = loaded.spec
-        heatmaps = gradcam_heatmaps(loaded.model, batch, class_index=spec.abnormal_index)
         taken: set[Path] = set()
         paths = []
         for (_, source, image), heatmap in zip(decoded, heatmaps, strict=True):
             path = _heatmap_path(heatmap_dir=heatmap_dir, source=source, taken=taken)
-            path.write_bytes(heatmap_overlay_png(image, heatmap, preprocessing=spec.preprocessing))
+            path.write_bytes(heatmap_overlay_png(image, heatmap, preprocessing=loaded.spec.preprocessing))
             paths.append(path)
         return paths
