@@ -27,8 +27,8 @@ RUN apt-get update \
     && groupadd --system --gid "${APP_GID}" app \
     && useradd --system --uid "${APP_UID}" --gid app --home-dir /home/app --create-home \
         --shell /usr/sbin/nologin app \
-    && mkdir -p /srv/media /models \
-    && chown app:app /srv/media
+    && mkdir -p /srv/media /srv/onnx /models \
+    && chown app:app /srv/media /srv/onnx
 
 WORKDIR /app
 COPY requirements.txt ./

@@ -7,7 +7,8 @@ same function in another engine.
 
 - Converted once per weight file: the file is ``<cache dir>/<sha256 of the weights>-<converter>.onnx``,
   written atomically under a file lock, so workers sharing the directory convert it once between them.
-  Converting the seed takes about 90 s on 2 cores; ``python manage.py convert_onnx`` does it ahead.
+  Converting the seed takes about 90 s on 2 cores and about 12 GB of memory at its peak, in a child
+  process (``inference.onnx_convert``); ``python manage.py convert_onnx`` does it ahead.
 - Checked at every load: a fixed probe batch goes through Keras and ORT, and the largest difference
   of any output must stay within ``TOLERANCE``. A stale or damaged file is converted again once;
   a mismatch after that raises ``OnnxRuntimeError`` and the predictor falls back to Keras.
@@ -21,6 +22,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -31,12 +34,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from inference import onnx_convert
+
 logger = logging.getLogger(__name__)
 
 RUNTIME_KERAS = "keras"
 RUNTIME_ONNX = "onnx"
 RUNTIMES = (RUNTIME_KERAS, RUNTIME_ONNX)
-OPSET = 17
+OPSET = onnx_convert.OPSET
 # Float32 in both engines; the seed's outputs differ by about 1e-7 (probabilities).
 TOLERANCE = 1e-4
 PROBE_IMAGES = 4
@@ -86,20 +91,23 @@ class OnnxModel:
 
 
 def convert(model: keras.Model, *, path: Path) -> None:
-    """Write the model as ONNX (float32, any batch size, its outputs in order) to ``path``, atomically."""
-    import tensorflow as tf
-    import tf2onnx
+    """Write the model as ONNX (float32, any batch size, its outputs in order) to ``path``, atomically.
 
-    signature = (tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name="input"),)
-    function = tf.function(lambda batch: model(batch, training=False))
-    try:
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
-    except Exception as exc:  # tf2onnx raises assorted errors for ops it cannot map
-        raise OnnxRuntimeError(f"tf2onnx could not convert model {model.name!r}: {exc}") from exc
+    tf2onnx runs in a child process (``inference.onnx_convert``) on a saved copy of the model: its
+    peak memory (about 12 GB for the seed) goes back to the system when the child exits.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as handle:
-        handle.write(proto.SerializeToString())
-    os.replace(handle.name, path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".converting-") as work:
+        saved, converted = Path(work) / "model.keras", Path(work) / "model.onnx"
+        model.save(saved)
+        command = [sys.executable, "-m", "inference.onnx_convert", str(saved), str(converted)]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, check=False
+        )
+        if completed.returncode != 0 or not converted.is_file():
+            last_lines = " | ".join(completed.stderr.strip().splitlines()[-3:])
+            raise OnnxRuntimeError(f"tf2onnx could not convert model {model.name!r}: {last_lines}")
+        os.replace(converted, path)
 
 
 def _session(path: Path):

@@ -15,6 +15,7 @@ KEYS = {
     "seed_images_per_s",
     "worker_images_per_s",
     "speedup",
+    "worker_with_heatmaps_images_per_s",
     "gflop_per_image",
     "sgemm_gflops",
     "worker_gflops",

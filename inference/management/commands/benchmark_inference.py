@@ -56,6 +56,9 @@ class Command(BaseCommand):
         self.stdout.write(f"seed path (per image, model.predict): {result.seed_images_per_s:8.2f} images/s")
         self.stdout.write(f"worker path (batched, compiled):      {result.worker_images_per_s:8.2f} images/s")
         self.stdout.write(f"speed-up:                             {result.speedup:8.2f} x")
+        self.stdout.write(
+            f"worker path with Grad-CAM heat maps:  {result.worker_with_heatmaps_images_per_s:8.2f} images/s"
+        )
         self.stdout.write(f"model:                                {result.gflop_per_image:8.2f} GFLOP/image")
         self.stdout.write(f"worker path compute:                  {result.worker_gflops:8.1f} GFLOP/s")
         self.stdout.write(
