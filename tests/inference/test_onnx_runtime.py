@@ -146,5 +146,9 @@ def test_the_seed_architecture_runs_in_onnx_runtime_like_keras_2(
     runner = Predictor(seed_format_loaded, runtime="onnx", onnx_dir=tmp_path)
 
     assert runner.runtime == "onnx"
-    outputs = runner.onnx_model(seed_format_file.inputs)
+    feature_maps, outputs = runner.onnx_model(seed_format_file.inputs)  # the network cut at conv_7b_ac
+    assert feature_maps.shape == (len(outputs), 5, 5, 1536)
     np.testing.assert_allclose(outputs, seed_format_file.reference, atol=1e-5)
+    expected = Predictor(seed_format_loaded).run(seed_format_file.inputs, heatmaps=True)
+    actual = runner.run(seed_format_file.inputs, heatmaps=True)
+    np.testing.assert_allclose(actual.heatmaps, expected.heatmaps, atol=1e-4)
