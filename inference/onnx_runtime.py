@@ -51,14 +51,6 @@ class OnnxRuntimeError(RuntimeError):
     """ONNX Runtime cannot serve this model: not installed, conversion failed, or outputs differ."""
 
 
-def runtime_from_env() -> str:
-    """``MSKDETECT_RUNTIME`` (``keras`` or ``onnx``), default ``keras``."""
-    runtime = os.environ.get("MSKDETECT_RUNTIME", RUNTIME_KERAS).strip().lower() or RUNTIME_KERAS
-    if runtime not in RUNTIMES:
-        raise ValueError(f"MSKDETECT_RUNTIME={runtime!r}; expected one of {', '.join(RUNTIMES)}")
-    return runtime
-
-
 def default_cache_dir() -> Path:
     """``MSKDETECT_ONNX_DIR`` from the environment, else ``var/onnx`` in the repository."""
     configured = os.environ.get("MSKDETECT_ONNX_DIR")
@@ -183,6 +175,12 @@ def load_onnx_model(
         return cached
     with _file_lock(path.with_suffix(".lock")):
         onnx_model = _load_checked(model=model, path=path, reference=reference, tolerance=tolerance)
+    logger.info(
+        "ONNX Runtime serves %s from %s (largest difference from Keras %.1e)",
+        model.name,
+        path,
+        onnx_model.max_difference,
+    )
     with _loaded_lock:
         _loaded[path] = onnx_model
     return onnx_model

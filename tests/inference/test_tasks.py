@@ -6,10 +6,12 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from celery.signals import after_task_publish
 from django.core.files.base import ContentFile
 from django.utils import timezone
+from PIL import Image
 
 from inference import tasks
 from inference.decoding import DecodeError
@@ -84,6 +86,32 @@ def test_prediction_is_stored_with_heat_maps_and_the_study_result(model_dir):
     assert result.model_version == version
     actions = list(AuditEvent.objects.filter(study=study).order_by("id").values_list("action", "actor"))
     assert actions == [("inference.started", None), ("inference.completed", None)]
+
+
+@pytest.mark.django_db
+def test_an_onnx_worker_stores_the_same_predictions_and_heat_maps(model_dir, settings, tmp_path):
+    keras_study = make_study(accession="ACC-KERAS")
+    keras_images = [add_image(keras_study, path.read_bytes()) for path in WRISTS]
+    tasks.predict_images([image.id for image in keras_images])
+    settings.MSKDETECT_RUNTIME = "onnx"
+    settings.MSKDETECT_ONNX_DIR = tmp_path / "onnx"
+    onnx_study = make_study(accession="ACC-ONNX")
+    onnx_images = [add_image(onnx_study, path.read_bytes()) for path in WRISTS]
+
+    tasks.predict_images([image.id for image in onnx_images])
+
+    assert list((tmp_path / "onnx").glob("*.onnx"))  # converted by the worker on its first job
+    by_study = {
+        study: list(Prediction.objects.filter(radiograph__study=study).order_by("radiograph_id"))
+        for study in (keras_study, onnx_study)
+    }
+    for expected, actual in zip(by_study[keras_study], by_study[onnx_study], strict=True):
+        assert actual.abnormal_probability == pytest.approx(expected.abnormal_probability, abs=1e-5)
+        assert actual.model_version == expected.model_version
+        with expected.heatmap.open("rb") as want, actual.heatmap.open("rb") as got:
+            want_pixels = np.asarray(Image.open(want), dtype=np.int16)
+            got_pixels = np.asarray(Image.open(got), dtype=np.int16)
+        assert np.abs(want_pixels - got_pixels).max() <= 1  # the same overlay, to rounding
 
 
 @pytest.mark.django_db

@@ -32,6 +32,8 @@ class Command(BaseCommand):
         unknown = sorted(set(body_parts) - set(registry.body_parts()))
         if unknown:
             raise CommandError(f"not in the manifest: {', '.join(unknown)}")
+        if not body_parts:
+            raise CommandError(f"no model file is installed in {registry.model_dir}: nothing to convert")
         failed = []
         for body_part in body_parts:
             started = time.perf_counter()
