@@ -201,7 +201,6 @@ def run_benchmark(
     log(f"timing the worker path on {len(paths)} images")
     worker_seconds = timed(lambda: run_worker_path(predictor=predictor, paths=paths, stages=worker_stages))
     log(f"timing the worker path with Grad-CAM heat maps on {len(paths)} images")
-    run_worker_path(predictor=predictor, paths=paths[:1], heatmaps=True)  # traces the head's gradient
     heatmap_seconds = timed(lambda: run_worker_path(predictor=predictor, paths=paths, heatmaps=True))
     log("measuring SGEMM")
     sgemm = sgemm_gflops()

@@ -16,6 +16,7 @@ output itself saturates for confident predictions, and its gradient then vanishe
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from skimage.transform import resize
 
 from inference.decoding import DecodedImage
 from inference.preprocessing import INPUT_SIZE, SeedProfile, to_display_uint8
+
+logger = logging.getLogger(__name__)
 
 OVERLAY_MAX_ALPHA = 0.5
 
@@ -66,6 +69,9 @@ def feature_split(model: keras.Model) -> FeatureSplit | None:
         try:
             split = _build_split(model, layer_name=None)
         except ValueError:  # no 4-D layer: no heat maps at all
+            split = None
+        except Exception:  # an unusual graph Keras cannot rebuild: Grad-CAM's grad model serves it
+            logger.exception("Cannot cut %s at its Grad-CAM layer; heat maps take a second pass", model.name)
             split = None
         _splits[model] = split
         return split
@@ -188,15 +194,11 @@ def _forward_to_last_layer(
     target_index = _target_layer(layers[:-1], layer_name)
     target = layers[target_index]
     before, after = layers[:target_index], layers[target_index + 1 : -1]
+    # Reached only where feature_split cannot cut the model: a Sequential is always cut unless its
+    # target lies inside a nested base.
     if isinstance(target, keras.Model):
         inner_target = target.layers[_target_layer(target.layers, layer_name)]
         target_call = keras.Model(target.inputs, [inner_target.output, target.outputs[0]])
-    elif isinstance(model, keras.Sequential):
-        # A loaded Sequential's layer.input/.output belong to a graph rebuilt at load time, not
-        # always the one model.inputs starts; calling the layers in order is always right.
-        def target_call(inputs: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-            outputs = target(inputs, training=training)
-            return outputs, outputs
     else:
         grad_model = keras.Model(model.inputs, [target.output, last_layer.input])
 

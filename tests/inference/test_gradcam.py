@@ -146,3 +146,15 @@ def test_seed_heatmap_covers_the_centre_crop_only():
     assert (top, left) == pytest.approx((38 / 300, 38 / 300))
     assert (bottom, right) == pytest.approx((262 / 300, 262 / 300))
     assert input_region(preprocessing="imagenet-v1") == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_a_target_inside_a_nested_base_gets_its_maps_from_a_grad_model(lesion_test_set):
+    model = _nested_model()
+    first_conv = model.layers[0].layers[1].name  # before the base's output: the model cannot be cut
+    images, _ = lesion_test_set
+
+    heatmaps = gradcam_heatmaps(model, images, layer_name=first_conv)
+
+    assert heatmaps.shape == (len(images), SIZE, SIZE)  # the first conv keeps the full resolution
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1 and np.isfinite(heatmaps).all()
+    assert feature_split(model) is not None  # while the default target (the base's output) is cut
