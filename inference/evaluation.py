@@ -16,7 +16,7 @@ import numpy as np
 from inference.decoding import DecodeError, decode_image
 from inference.mura import MuraStudy, body_parts_in
 from inference.predictor import Predictor
-from inference.registry import ModelRegistry
+from inference.registry import LoadedModel, ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -292,38 +292,42 @@ def predict_image_files(*, predictor: Predictor, paths: Sequence[Path], chunk: i
     return outcomes
 
 
+def evaluate_model(
+    *, studies: Sequence[MuraStudy], loaded: LoadedModel, batch_size: int = 16
+) -> BodyPartEvaluation:
+    """Evaluate one loaded model on ``studies`` (all of its body part), study by study."""
+    predictor = Predictor(loaded, batch_size=batch_size)
+    scores, failed, skipped = score_studies(
+        studies=studies,
+        predict_images=lambda paths: predict_image_files(predictor=predictor, paths=paths),
+    )
+    metrics = binary_metrics(
+        labels=[score.abnormal for score in scores],
+        scores=[score.probability for score in scores],
+        threshold=loaded.spec.threshold,
+    )
+    return BodyPartEvaluation(
+        body_part=loaded.spec.body_part,
+        model_name=loaded.spec.name,
+        model_version=loaded.version,
+        demo=loaded.spec.demo,
+        metrics=metrics,
+        studies=scores,
+        failed_images=failed,
+        skipped_studies=skipped,
+    )
+
+
 def evaluate_studies(
     *, studies: Sequence[MuraStudy], registry: ModelRegistry, batch_size: int = 16
 ) -> list[BodyPartEvaluation]:
     """Evaluate every body part of ``studies`` that has an installed model in ``registry``."""
-    evaluations = []
-    for body_part in body_parts_in(list(studies)):
-        if not registry.available(body_part):
-            continue
-        loaded = registry.get(body_part)
-        predictor = Predictor(loaded, batch_size=batch_size)
-        part_studies = [study for study in studies if study.body_part == body_part]
-        scores, failed, skipped = score_studies(
-            studies=part_studies,
-            predict_images=lambda paths, predictor=predictor: predict_image_files(
-                predictor=predictor, paths=paths
-            ),
+    return [
+        evaluate_model(
+            studies=[study for study in studies if study.body_part == body_part],
+            loaded=registry.get(body_part),
+            batch_size=batch_size,
         )
-        metrics = binary_metrics(
-            labels=[score.abnormal for score in scores],
-            scores=[score.probability for score in scores],
-            threshold=loaded.spec.threshold,
-        )
-        evaluations.append(
-            BodyPartEvaluation(
-                body_part=body_part,
-                model_name=loaded.spec.name,
-                model_version=loaded.version,
-                demo=loaded.spec.demo,
-                metrics=metrics,
-                studies=scores,
-                failed_images=failed,
-                skipped_studies=skipped,
-            )
-        )
-    return evaluations
+        for body_part in body_parts_in(list(studies))
+        if registry.available(body_part)
+    ]

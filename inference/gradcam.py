@@ -98,9 +98,20 @@ def _build_split(model: keras.Model, *, layer_name: str | None) -> FeatureSplit 
         for layer in (*head, last_layer):
             outputs = layer(outputs)
         return FeatureSplit(keras.Model(inputs, [features, outputs]), head, last_layer)
-    if not _is_chain(target.output, (*head, last_layer)) or len(model.outputs) != 1:
+    target_output = _outer_output(target)
+    if not _is_chain(target_output, (*head, last_layer)) or len(model.outputs) != 1:
         return None
-    return FeatureSplit(keras.Model(model.inputs, [target.output, model.outputs[0]]), head, last_layer)
+    # One input as a tensor, not a one-item list: callers pass a tensor.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return FeatureSplit(keras.Model(inputs, [target_output, model.outputs[0]]), head, last_layer)
+
+
+def _outer_output(layer: keras.layers.Layer) -> keras.KerasTensor:
+    # A nested model's ``output`` is its own graph's tensor; the call in the outer graph is its node.
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if isinstance(layer, keras.Model) and len(nodes) == 1:
+        return nodes[0].output_tensors[0]
+    return layer.output
 
 
 def _is_chain(start: keras.KerasTensor, layers: tuple[keras.layers.Layer, ...]) -> bool:
@@ -115,35 +126,47 @@ def _is_chain(start: keras.KerasTensor, layers: tuple[keras.layers.Layer, ...]) 
     return True
 
 
-def cams_from_features(split: FeatureSplit, feature_maps: np.ndarray, *, class_index: int = 0) -> np.ndarray:
-    """Grad-CAM maps (N, h, w) in [0, 1] from the target layer's feature maps, through the head only."""
+def cams_from_features(
+    split: FeatureSplit, feature_maps: np.ndarray, *, class_index: int = 0, sign: float = 1.0
+) -> np.ndarray:
+    """Grad-CAM maps (N, h, w) in [0, 1] from the target layer's feature maps, through the head only.
+
+    ``sign=-1`` maps the evidence against output ``class_index``: the abnormal class of a one-unit
+    sigmoid model whose output is P(normal) (``ModelSpec.abnormal_sign``).
+    """
     features = tf.constant(np.asarray(feature_maps, dtype=np.float32))
     with tf.GradientTape() as tape:
         tape.watch(features)
         outputs = features
         for layer in split.head:
             outputs = layer(outputs, training=False)
-        score = _class_score(split.last_layer, outputs, class_index=class_index)
+        score = sign * _class_score(split.last_layer, outputs, class_index=class_index)
     return _normalised_cams(features, tape.gradient(score, features))
 
 
 def gradcam_heatmaps(
-    model: keras.Model, batch: np.ndarray, *, class_index: int = 0, layer_name: str | None = None
+    model: keras.Model,
+    batch: np.ndarray,
+    *,
+    class_index: int = 0,
+    sign: float = 1.0,
+    layer_name: str | None = None,
 ) -> np.ndarray:
     """Grad-CAM maps (N, h, w) in [0, 1] for ``class_index`` at the last 4-D layer (or ``layer_name``).
 
     ``batch`` is the preprocessed model input. Pass ``class_index=spec.abnormal_index`` for a model
-    whose labels do not start with "abnormal". An image with no positive evidence gets all zeros.
+    whose labels do not start with "abnormal", and ``sign=spec.abnormal_sign`` for a sigmoid model
+    of P(normal). An image with no positive evidence gets all zeros.
     """
     inputs = tf.constant(np.asarray(batch, dtype=np.float32))
     split = feature_split(model) if layer_name is None else _build_split(model, layer_name=layer_name)
     if split is not None:
         feature_maps, _ = split.features_model(inputs, training=False)
-        return cams_from_features(split, feature_maps, class_index=class_index)
+        return cams_from_features(split, feature_maps, class_index=class_index, sign=sign)
     forward, last_layer = _forward_to_last_layer(model, layer_name=layer_name)
     with tf.GradientTape() as tape:
         feature_maps, last_input = forward(inputs)
-        score = _class_score(last_layer, last_input, class_index=class_index)
+        score = sign * _class_score(last_layer, last_input, class_index=class_index)
     return _normalised_cams(feature_maps, tape.gradient(score, feature_maps))
 
 
@@ -157,13 +180,26 @@ def _normalised_cams(feature_maps: tf.Tensor, gradients: tf.Tensor) -> np.ndarra
 def _class_score(last_layer: keras.layers.Layer, last_input: tf.Tensor, *, class_index: int) -> tf.Tensor:
     activation = getattr(last_layer, "activation", None)
     activation_name = getattr(activation, "__name__", "")
+    logits = None
     if isinstance(last_layer, keras.layers.Dense) and activation_name in {"softmax", "sigmoid"}:
         logits = tf.matmul(last_input, last_layer.kernel) + last_layer.bias
+    elif isinstance(last_layer, keras.layers.Activation) and activation_name in {"softmax", "sigmoid"}:
+        logits = last_input  # the notebook's Dense(2) then Activation("softmax"): its input is the logits
+    if logits is not None:
         if activation_name == "sigmoid":
             return logits[:, class_index]
         others = tf.concat([logits[:, :class_index], logits[:, class_index + 1 :]], axis=1)
         return logits[:, class_index] - tf.reduce_logsumexp(others, axis=1)
     return last_layer(last_input, training=False)[:, class_index]
+
+
+def has_gradcam_layer(model: keras.Model) -> bool:
+    """True when the model has a layer with a 4-D output before its last: Grad-CAM has a target."""
+    try:
+        _target_layer(model.layers[:-1], None)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_4d(layer: keras.layers.Layer) -> bool:

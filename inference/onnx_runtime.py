@@ -15,6 +15,9 @@ same function in another engine.
 - What is converted is the predictor's network, cut at the Grad-CAM layer where it can be: ORT
   returns the feature maps with the outputs, and a heat map needs only a pass back through the small
   head, in Keras (``inference.gradcam.cams_from_features``).
+
+A model installed as an ``.onnx`` file is another matter: ``load_onnx_classifier`` serves that file
+as it is (no Keras model exists to convert or compare with, so no Grad-CAM either).
 """
 
 from __future__ import annotations
@@ -80,6 +83,76 @@ class OnnxModel:
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+
+
+@dataclass(frozen=True)
+class OnnxClassifier(OnnxModel):
+    """A classifier delivered as an ONNX file and served as it is (no Keras model behind it).
+
+    Called on an NHWC batch like every model here; a channels-first model (PyTorch exports) gets it
+    transposed. ``max_difference`` is 0: nothing was converted, so there is nothing to compare.
+    """
+
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    channels_first: bool = False
+    fixed_batch: int | None = None  # the batch size the file fixes (PyTorch exports often fix 1)
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self.channels_first:
+            batch = np.transpose(batch, (0, 3, 1, 2))
+        run, step = super().__call__, self.fixed_batch
+        if step is None or len(batch) == step:
+            return run(batch)
+        pieces = []
+        for start in range(0, len(batch), step):
+            piece = batch[start : start + step]
+            padded = np.zeros((step, *batch.shape[1:]), dtype=np.float32)
+            padded[: len(piece)] = piece
+            pieces.append([output[: len(piece)] for output in run(padded)])
+        return [np.concatenate(outputs) for outputs in zip(*pieces, strict=True)]
+
+
+def load_onnx_classifier(path: Path) -> OnnxClassifier:
+    """An ONNX image classifier in an ORT session, with the input size its file fixes.
+
+    The input must be one float32 image batch, (N, H, W, 3) or (N, 3, H, W), with H and W fixed in
+    the file: preprocessing resizes to them. Raises ``OnnxRuntimeError`` saying what is wrong, worded
+    to follow the file's name ("model file X.onnx for XR_WRIST has input ...").
+    """
+    try:
+        session = _session(Path(path))
+    except ImportError as exc:
+        raise OnnxRuntimeError(f"ONNX Runtime is not installed: {exc}") from exc
+    except Exception as exc:  # ORT's parser raises assorted errors for a damaged or foreign file
+        raise OnnxRuntimeError(f"is not a model ONNX Runtime can run: {exc}") from exc
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise OnnxRuntimeError(f"takes {len(inputs)} inputs, but an image classifier takes one")
+    model_input = inputs[0]
+    shape = list(model_input.shape)
+    if model_input.type != "tensor(float)" or len(shape) != 4:
+        raise OnnxRuntimeError(
+            f"has input {model_input.name!r} of {model_input.type} {shape}; expected a float32 image batch "
+            "(N, H, W, 3) or (N, 3, H, W)"
+        )
+    channels_first = shape[3] != 3 and shape[1] == 3
+    if not channels_first and shape[3] != 3:
+        raise OnnxRuntimeError(f"has input {model_input.name!r} {shape}: not 3-channel (RGB) images")
+    height, width = shape[2:4] if channels_first else shape[1:3]
+    if not (isinstance(height, int) and isinstance(width, int)):
+        raise OnnxRuntimeError(
+            f"has input {model_input.name!r} {shape}, which leaves the image size open; export the model "
+            "with a fixed height and width (the size it was trained at), so preprocessing knows it"
+        )
+    return OnnxClassifier(
+        session=session,
+        input_name=model_input.name,
+        path=Path(path),
+        max_difference=0.0,
+        input_size=(height, width),
+        channels_first=channels_first,
+        fixed_batch=shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None,
+    )
 
 
 def convert(model: keras.Model, *, path: Path) -> None:

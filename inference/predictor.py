@@ -23,9 +23,16 @@ import numpy as np
 import tensorflow as tf
 
 from inference.decoding import DecodedImage
-from inference.gradcam import cams_from_features, feature_split, gradcam_heatmaps
-from inference.onnx_runtime import RUNTIME_KERAS, RUNTIME_ONNX, RUNTIMES, OnnxRuntimeError, load_onnx_model
-from inference.preprocessing import build_batch, get_profile
+from inference.gradcam import cams_from_features, feature_split, gradcam_heatmaps, has_gradcam_layer
+from inference.onnx_runtime import (
+    RUNTIME_KERAS,
+    RUNTIME_ONNX,
+    RUNTIMES,
+    OnnxClassifier,
+    OnnxRuntimeError,
+    load_onnx_model,
+)
+from inference.preprocessing import DEFAULT_SIZE, build_batch, get_profile
 from inference.registry import ABNORMAL, LoadedModel, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class StudyPrediction:
     preprocess_ms: float
     inference_ms: float
     runtime: str = RUNTIME_KERAS
+    # False where Grad-CAM cannot run: a model served from its ONNX file, or one with no 4-D layer.
+    heatmaps_available: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,30 @@ def spec_for_plain_model(*, model: keras.Model, preprocessing: str = "seed") -> 
     )
 
 
+def model_input_size(model: keras.Model | OnnxClassifier) -> tuple[int, int]:
+    """(height, width) the model takes; 224 x 224 for a Keras model that accepts any size."""
+    if isinstance(model, OnnxClassifier):
+        return model.input_size
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs[0].shape) != 4:  # a subclassed model declares no input shape
+        return DEFAULT_SIZE
+    height, width = inputs[0].shape[1:3]
+    if height is None or width is None:
+        return DEFAULT_SIZE
+    return int(height), int(width)
+
+
+def _output_width(model: keras.Model | OnnxClassifier) -> int | None:
+    """Outputs per image the model declares, where its first output is a fixed (N, k) batch."""
+    if isinstance(model, OnnxClassifier):
+        shape = model.session.get_outputs()[0].shape
+    elif getattr(model, "outputs", None):
+        shape = model.outputs[0].shape
+    else:
+        return None
+    return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+
+
 def weights_digest(model: keras.Model) -> str:
     """sha256 of a model's weight values: the version of a model that has no weight file."""
     digest = hashlib.sha256()
@@ -114,6 +147,8 @@ class Predictor:
     ``runtime="onnx"`` runs the forward pass in ONNX Runtime (see ``inference.onnx_runtime``);
     when ORT cannot serve the model, the predictor says why in the log and uses Keras. The
     ``runtime`` attribute and every ``StudyPrediction`` tell which engine computed the result.
+    A model installed as an ONNX file (``OnnxClassifier``) is always served by ORT, without
+    heat maps. Images are preprocessed to the model's own input size.
     """
 
     def __init__(
@@ -133,9 +168,19 @@ class Predictor:
         self.loaded = loaded
         self.batch_size = batch_size
         self.profile = get_profile(loaded.spec.preprocessing)
+        self.input_size = self.profile.check_size(model_input_size(loaded.model))
+        width = _output_width(loaded.model)
+        if width is not None:  # a manifest that misreads the outputs fails here, before any image
+            loaded.spec.abnormal_probabilities(np.zeros((1, width)))
+        if isinstance(loaded.model, OnnxClassifier):
+            self.heatmaps_available, self.split, self._call = False, None, None
+            self.onnx_model, self.runtime = loaded.model, RUNTIME_ONNX
+            return
         # Cut at the Grad-CAM layer where possible: the forward pass then also returns the feature
         # maps, and heat maps cost only a pass back through the head (inference.gradcam).
         self.split = feature_split(loaded.model)
+        # A model with no 4-D layer (a wrapped SavedModel graph, an MLP) has nothing to map.
+        self.heatmaps_available = has_gradcam_layer(loaded.model)
         self._network = self.split.features_model if self.split is not None else loaded.model
         self._call = compiled_call(self._network)
         self.onnx_model = self._load_onnx(onnx_dir=onnx_dir) if runtime == RUNTIME_ONNX else None
@@ -172,7 +217,7 @@ class Predictor:
 
     def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
         """The model's input batch for these images, by the model's preprocessing profile."""
-        return build_batch(images=images, profile=self.profile)
+        return build_batch(images=images, profile=self.profile, size=self.input_size)
 
     def abnormal_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """P(abnormal) for each row of a preprocessed batch, in chunks of ``batch_size``."""
@@ -182,8 +227,10 @@ class Predictor:
         """P(abnormal) for each row of a preprocessed batch and, if asked, its Grad-CAM heat map.
 
         A heat map is an aid, not the result: when Grad-CAM fails, the probabilities still come
-        back, with ``heatmaps`` None, and the failure is logged.
+        back, with ``heatmaps`` None, and the failure is logged. A model without heat maps
+        (``heatmaps_available`` False) always gives None.
         """
+        heatmaps = heatmaps and self.heatmaps_available
         probabilities = np.empty(len(batch), dtype=np.float64)
         feature_chunks: list[np.ndarray] = []
         for start in range(0, len(batch), self.batch_size):
@@ -191,7 +238,9 @@ class Predictor:
             padded = np.zeros((_padded_size(len(chunk), self.batch_size), *chunk.shape[1:]), np.float32)
             padded[: len(chunk)] = chunk
             outputs, feature_maps = self._forward(padded)
-            probabilities[start : start + len(chunk)] = outputs[: len(chunk), self.loaded.spec.abnormal_index]
+            probabilities[start : start + len(chunk)] = self.loaded.spec.abnormal_probabilities(
+                outputs[: len(chunk)]
+            )
             if heatmaps and feature_maps is not None:
                 feature_chunks.append(feature_maps[: len(chunk)])
         return BatchResult(
@@ -200,13 +249,11 @@ class Predictor:
         )
 
     def _heatmaps(self, *, batch: np.ndarray, feature_chunks: list[np.ndarray]) -> np.ndarray | None:
-        class_index = self.loaded.spec.abnormal_index
+        target = {"class_index": self.loaded.spec.abnormal_index, "sign": self.loaded.spec.abnormal_sign}
         try:
             if self.split is None:  # not cut: a grad model runs the whole network again
-                return gradcam_heatmaps(self.loaded.model, batch, class_index=class_index)
-            return np.concatenate(
-                [cams_from_features(self.split, maps, class_index=class_index) for maps in feature_chunks]
-            )
+                return gradcam_heatmaps(self.loaded.model, batch, **target)
+            return np.concatenate([cams_from_features(self.split, maps, **target) for maps in feature_chunks])
         except Exception:  # Grad-CAM on an unusual model can fail in many ways; the result stands
             logger.exception(
                 "Grad-CAM failed for %s; predictions stand without heat maps", self.loaded.spec.name
@@ -269,4 +316,5 @@ class Predictor:
             preprocess_ms=preprocess_ms,
             inference_ms=inference_ms,
             runtime=self.runtime,
+            heatmaps_available=self.heatmaps_available,
         )

@@ -1,4 +1,6 @@
-"""Named, versioned preprocessing profiles: a ``DecodedImage`` in, a float32 (224, 224, 3) array out.
+"""Named, versioned preprocessing profiles: a ``DecodedImage`` in, a float32 (height, width, 3) array out.
+
+The size is the model's input size, ``profile(image, size=(height, width))``, 224 x 224 by default.
 
 ``seed`` (version 1) reproduces the original Flask app exactly, because the MURA weights expect
 it: ``skimage.io.imread(path)`` -> ``skimage.transform.resize(img, (300, 300, 3))`` -> centre crop
@@ -24,15 +26,23 @@ display-ready PNGs, so every image is first rendered to uint8 as a viewer would 
   clips bright cortical bone, which a percentile stretch would saturate.
 - 8-bit input is used as decoded, so the seed profile on an 8-bit file equals the original app.
 
-``imagenet-v1`` (version 1) is for newly trained InceptionResNetV2 models: the same 8-bit rendering,
-gray (or gray+alpha) to 3 equal channels, alpha dropped from RGBA, resize of the whole image to
-224 x 224 with anti-aliasing (no crop, so nothing at the edges is lost), then Keras's Inception
-scaling ``x / 127.5 - 1`` to [-1, 1], which is what ImageNet-pretrained InceptionResNetV2 expects.
+Every other profile is for models trained the way public MURA projects train them: the same 8-bit
+rendering, gray (or gray+alpha) to 3 equal channels, alpha dropped from RGBA, the whole image resized
+to the model's input size with anti-aliasing (``resized_rgb``: no crop, nothing at the edges is
+lost), then the scaling the model was trained with:
+
+- ``unit-v1``: ``x / 255``;
+- ``imagenet-meanstd-v1``: ``x / 255``, then ImageNet mean/std per channel (torchvision's);
+- ``keras-<base>-v1``: ``keras.applications.<base>.preprocess_input`` (mode "torch" for DenseNet,
+  "caffe" for ResNet50 and VGG, "tf" for MobileNet(V2), InceptionV3, Xception and InceptionResNetV2,
+  none for EfficientNet, which rescales inside the model);
+- ``imagenet-v1``: the first profile for newly trained InceptionResNetV2 models, ``x / 127.5 - 1``:
+  equal in values to ``keras-inception-resnet-v2-v1``; both names stay valid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -42,6 +52,7 @@ from skimage.transform import resize
 from inference.decoding import DecodedImage
 
 INPUT_SIZE = 224
+DEFAULT_SIZE = (INPUT_SIZE, INPUT_SIZE)  # (height, width) of the seed's and most ImageNet models' input
 
 
 class UnknownProfile(KeyError):
@@ -149,13 +160,31 @@ def _seed_resize_fast(pixels: np.ndarray, out_size: int) -> np.ndarray | None:
     return resized
 
 
+class UnsupportedInputSize(ValueError):
+    """A profile asked for an input size it cannot make (the seed makes 224 x 224 only)."""
+
+
+def _checked_size(size: Sequence[int]) -> tuple[int, int]:
+    try:
+        height, width = (int(value) for value in size)
+    except (TypeError, ValueError):
+        raise UnsupportedInputSize(f"input size must be (height, width), not {size!r}") from None
+    if height < 1 or width < 1:
+        raise UnsupportedInputSize(f"input size must be positive, not {height}x{width}")
+    return height, width
+
+
 class PreprocessingProfile:
-    """A named, versioned transform from a decoded image to the model's (224, 224, 3) float32 input."""
+    """A named, versioned transform from a decoded image to the model's (height, width, 3) float32 input."""
 
     name: str
     version: str
 
-    def __call__(self, image: DecodedImage) -> np.ndarray:
+    def check_size(self, size: Sequence[int]) -> tuple[int, int]:
+        """``size`` as (height, width) when this profile can make it; ``UnsupportedInputSize`` otherwise."""
+        return _checked_size(size)
+
+    def __call__(self, image: DecodedImage, size: Sequence[int] = DEFAULT_SIZE) -> np.ndarray:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -169,7 +198,19 @@ class SeedProfile(PreprocessingProfile):
     version = "1"
     resize_to = 300
 
-    def __call__(self, image: DecodedImage) -> np.ndarray:
+    def check_size(self, size: Sequence[int]) -> tuple[int, int]:
+        """(224, 224), the only size the seed's 300 -> centre-crop-224 pipeline makes."""
+        height, width = _checked_size(size)
+        if (height, width) != DEFAULT_SIZE:
+            raise UnsupportedInputSize(
+                f"preprocessing profile {self.name!r} makes 224x224 inputs only (the original app's "
+                f"resize to 300 and centre crop of 224), but the model takes {height}x{width}: "
+                "use a profile that resizes to the model's size, such as 'unit-v1' or 'imagenet-meanstd-v1'"
+            )
+        return height, width
+
+    def __call__(self, image: DecodedImage, size: Sequence[int] = DEFAULT_SIZE) -> np.ndarray:
+        self.check_size(size)
         pixels = to_display_uint8(image)
         resized = _seed_resize_fast(pixels, self.resize_to)
         if resized is None:
@@ -179,30 +220,94 @@ class SeedProfile(PreprocessingProfile):
         return (cropped / 255.0).astype(np.float32)
 
 
-class ImagenetProfile(PreprocessingProfile):
-    """Whole image to 224 x 224 RGB with anti-aliasing, then Inception scaling to [-1, 1]."""
+def resized_rgb(image: DecodedImage, size: Sequence[int] = DEFAULT_SIZE) -> np.ndarray:
+    """The whole image as float32 RGB display values 0..255, resized to ``size`` with anti-aliasing.
 
-    name = "imagenet-v1"
-    version = "1"
+    Gray (or gray+alpha) becomes three equal channels and alpha is dropped from RGBA; nothing is
+    cropped, so nothing at the edges is lost. Every profile but ``seed`` starts from this.
+    """
+    height, width = _checked_size(size)
+    pixels = to_display_uint8(image)
+    if pixels.dtype == np.bool_:
+        pixels = pixels.astype(np.uint8) * 255
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
+        pixels = pixels[:, :, 0]  # gray or gray+alpha: keep the gray
+    if pixels.ndim == 2:
+        # Resize the single gray plane, then copy it: a third of the work of resizing RGB.
+        plane = resize(pixels.astype(np.float32), (height, width), preserve_range=True)
+        return np.repeat(plane[:, :, np.newaxis], 3, axis=2)
+    rgb = pixels[:, :, :3].astype(np.float32)
+    return resize(rgb, (height, width, 3), preserve_range=True, anti_aliasing=True)
 
-    def __call__(self, image: DecodedImage) -> np.ndarray:
-        pixels = to_display_uint8(image)
-        if pixels.dtype == np.bool_:
-            pixels = pixels.astype(np.uint8) * 255
-        if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
-            pixels = pixels[:, :, 0]  # gray or gray+alpha: keep the gray
-        if pixels.ndim == 2:
-            # Resize the single gray plane, then copy it: a third of the work of resizing RGB.
-            plane = resize(pixels.astype(np.float32), (INPUT_SIZE, INPUT_SIZE), preserve_range=True)
-            resized = np.repeat(plane[:, :, np.newaxis], 3, axis=2)
-        else:
-            rgb = pixels[:, :, :3].astype(np.float32)
-            resized = resize(rgb, (INPUT_SIZE, INPUT_SIZE, 3), preserve_range=True, anti_aliasing=True)
-        return (resized / 127.5 - 1.0).astype(np.float32)
+
+# The ImageNet statistics of torchvision and keras.applications' "torch" mode, and the BGR means
+# of "caffe" mode; float32 so the arithmetic is Keras's own (it works in place on float32 arrays).
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def _unit(rgb: np.ndarray) -> np.ndarray:
+    return rgb / np.float32(255.0)
+
+
+def _imagenet_mean_std(rgb: np.ndarray) -> np.ndarray:
+    return (rgb / np.float32(255.0) - _IMAGENET_MEAN) / _IMAGENET_STD
+
+
+def _caffe(rgb: np.ndarray) -> np.ndarray:
+    return rgb[:, :, ::-1] - _CAFFE_BGR_MEAN  # RGB -> BGR, then zero-centre; no scaling
+
+
+def _minus_one_to_one(rgb: np.ndarray) -> np.ndarray:
+    return rgb / np.float32(127.5) - np.float32(1.0)
+
+
+def _identity(rgb: np.ndarray) -> np.ndarray:
+    return rgb
+
+
+class ResizedProfile(PreprocessingProfile):
+    """``resized_rgb`` to the model's input size, then a per-pixel scaling (``scale``)."""
+
+    def __init__(self, *, name: str, version: str, scale: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.name = name
+        self.version = version
+        self.scale = scale
+
+    def __call__(self, image: DecodedImage, size: Sequence[int] = DEFAULT_SIZE) -> np.ndarray:
+        rgb = resized_rgb(image, size).astype(np.float32, copy=False)
+        return np.ascontiguousarray(self.scale(rgb), dtype=np.float32)
+
+
+# keras.applications bases by the preprocess_input each one uses (identical in Keras 3 and TF 2.10).
+_KERAS_BASES = {
+    "densenet": _imagenet_mean_std,  # mode "torch"
+    "resnet50": _caffe,
+    "vgg16": _caffe,
+    "vgg19": _caffe,
+    "mobilenet": _minus_one_to_one,  # mode "tf"
+    "mobilenet-v2": _minus_one_to_one,
+    "inception-v3": _minus_one_to_one,
+    "xception": _minus_one_to_one,
+    "inception-resnet-v2": _minus_one_to_one,
+    "efficientnet": _identity,  # the model rescales 0..255 itself
+}
 
 
 PROFILES: dict[str, PreprocessingProfile] = {
-    profile.name: profile for profile in (SeedProfile(), ImagenetProfile())
+    profile.name: profile
+    for profile in (
+        SeedProfile(),
+        # The first profile for new models; its values equal keras-inception-resnet-v2-v1's.
+        ResizedProfile(name="imagenet-v1", version="1", scale=_minus_one_to_one),
+        ResizedProfile(name="unit-v1", version="1", scale=_unit),
+        ResizedProfile(name="imagenet-meanstd-v1", version="1", scale=_imagenet_mean_std),
+        *(
+            ResizedProfile(name=f"keras-{base}-v1", version="1", scale=scale)
+            for base, scale in _KERAS_BASES.items()
+        ),
+    )
 }
 
 
@@ -214,11 +319,17 @@ def get_profile(name: str) -> PreprocessingProfile:
         raise UnknownProfile(name) from None
 
 
-def build_batch(*, images: Sequence[DecodedImage], profile: PreprocessingProfile | str) -> np.ndarray:
-    """Apply ``profile`` to each image and stack them into a float32 (N, 224, 224, 3) batch."""
+def build_batch(
+    *,
+    images: Sequence[DecodedImage],
+    profile: PreprocessingProfile | str,
+    size: Sequence[int] = DEFAULT_SIZE,
+) -> np.ndarray:
+    """Apply ``profile`` to each image and stack them into a float32 (N, height, width, 3) batch."""
     if isinstance(profile, str):
         profile = get_profile(profile)
-    batch = np.empty((len(images), INPUT_SIZE, INPUT_SIZE, 3), dtype=np.float32)
+    height, width = profile.check_size(size)
+    batch = np.empty((len(images), height, width, 3), dtype=np.float32)
     for index, image in enumerate(images):
-        batch[index] = profile(image)
+        batch[index] = profile(image, (height, width))
     return batch

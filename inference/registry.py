@@ -12,21 +12,24 @@ import os
 import threading
 import tomllib
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import keras
+import numpy as np
 
-from inference.architectures import build_seed_from_architecture, recognise_seed_architecture
 from inference.body_parts import BODY_PARTS
+from inference.model_files import ModelFileError, OpenedModel, is_model_path, open_model
+from inference.onnx_runtime import OnnxClassifier
 
 MANIFEST_NAME = "models.toml"
 ABNORMAL = "abnormal"
+NORMAL = "normal"
+# What the model's outputs are (the manifest's ``output`` key).
+SOFTMAX = "softmax"  # one output per label, in the order of ``labels``
+SIGMOID = "sigmoid"  # one output: P(labels[0]), which is "abnormal" or "normal"
+OUTPUTS = (SOFTMAX, SIGMOID)
 _HASH_CHUNK = 1 << 20
-_HDF5_SUFFIXES = {".h5", ".hdf5"}
 
 
 class UnsupportedBodyPart(LookupError):
@@ -51,17 +54,44 @@ class ModelSpec:
     threshold: float
     sha256: str | None
     demo: bool
+    output: str = SOFTMAX
 
     @property
     def abnormal_index(self) -> int:
-        """Index of the model output that holds P(abnormal)."""
-        return self.labels.index(ABNORMAL)
+        """Index of the model output the abnormal class is read from (also Grad-CAM's target)."""
+        return 0 if self.output == SIGMOID else self.labels.index(ABNORMAL)
+
+    @property
+    def abnormal_sign(self) -> float:
+        """-1.0 for a sigmoid output that is P(normal): evidence for abnormal lowers it; else 1.0."""
+        return -1.0 if self.output == SIGMOID and self.labels[0] == NORMAL else 1.0
+
+    @property
+    def output_count(self) -> int:
+        """How many outputs per image the model must give: 1 for sigmoid, one per label for softmax."""
+        return 1 if self.output == SIGMOID else len(self.labels)
+
+    def abnormal_probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """P(abnormal) (N,) from the model's raw output batch (N, k); ManifestError when k is wrong."""
+        outputs = np.asarray(outputs, dtype=np.float64)
+        if outputs.ndim == 1 and self.output == SIGMOID:
+            outputs = outputs[:, np.newaxis]  # some exports drop the unit axis of a one-unit output
+        count = outputs.shape[1] if outputs.ndim == 2 else None
+        if count != self.output_count:
+            given = f"{count} outputs per image" if count is not None else f"outputs of shape {outputs.shape}"
+            raise ManifestError(
+                f"{MANIFEST_NAME} [{self.body_part}] describes {self.output_count} {self.output} output(s) "
+                f"(labels {list(self.labels)}), but model {self.name!r} gives {given}: "
+                "fix `output` and `labels` for this model"
+            )
+        probabilities = outputs[:, self.abnormal_index]
+        return 1.0 - probabilities if self.abnormal_sign < 0 else probabilities
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     spec: ModelSpec
-    model: keras.Model
+    model: keras.Model | OnnxClassifier
     version: str  # sha256 of the weight file
 
 
@@ -84,20 +114,31 @@ def _parse_entry(manifest_path: Path, body_part: str, entry: object) -> ModelSpe
         raise ManifestError(f"{where}: unknown body part; expected one of {', '.join(BODY_PARTS)}")
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a table")
-    unknown_keys = set(entry) - {"file", "name", "preprocessing", "labels", "threshold", "sha256", "demo"}
+    unknown_keys = set(entry) - {
+        "file",
+        "name",
+        "preprocessing",
+        "labels",
+        "threshold",
+        "sha256",
+        "demo",
+        "output",
+    }
     if unknown_keys:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown_keys)}")
+    output = entry.get("output", SOFTMAX)
+    if output not in OUTPUTS:
+        raise ManifestError(f"{where}: output {output!r} must be one of {', '.join(map(repr, OUTPUTS))}")
     try:
         file_name = str(entry["file"])
         preprocessing = str(entry["preprocessing"])
-        labels = tuple(str(label) for label in entry["labels"])
+        labels = _labels(entry, output=output)
         threshold = float(entry["threshold"])
     except KeyError as exc:
         raise ManifestError(f"{where}: missing key {exc.args[0]!r}") from exc
     except (TypeError, ValueError) as exc:
         raise ManifestError(f"{where}: {exc}") from exc
-    if ABNORMAL not in labels:
-        raise ManifestError(f"{where}: labels {list(labels)} must include {ABNORMAL!r}")
+    _check_labels(where, labels, output=output)
     if not 0.0 <= threshold <= 1.0:
         raise ManifestError(f"{where}: threshold {threshold} is outside [0, 1]")
     sha256 = entry.get("sha256")
@@ -113,7 +154,36 @@ def _parse_entry(manifest_path: Path, body_part: str, entry: object) -> ModelSpe
         threshold=threshold,
         sha256=str(sha256).lower() if sha256 is not None else None,
         demo=bool(entry.get("demo", False)),
+        output=output,
     )
+
+
+def _labels(entry: dict, *, output: str) -> tuple[str, ...]:
+    if output == SIGMOID and "labels" not in entry:
+        return (ABNORMAL,)  # a one-unit sigmoid model most often gives P(abnormal)
+    labels = entry["labels"]
+    if isinstance(labels, str):  # a bare string would otherwise be read as its letters
+        raise ValueError(f"labels must be a list, such as [{labels!r}], not a string")
+    return tuple(str(label) for label in labels)
+
+
+def _check_labels(where: str, labels: tuple[str, ...], *, output: str) -> None:
+    if output == SIGMOID:
+        if labels not in ((ABNORMAL,), (NORMAL,)):
+            raise ManifestError(
+                f"{where}: a sigmoid output is one probability: labels must be [{ABNORMAL!r}] "
+                f"(it is P(abnormal)) or [{NORMAL!r}] (it is P(normal)), not {list(labels)}"
+            )
+        return
+    if ABNORMAL not in labels:
+        raise ManifestError(f"{where}: labels {list(labels)} must include {ABNORMAL!r}")
+    if len(labels) < 2:
+        raise ManifestError(
+            f"{where}: softmax labels {list(labels)} name one output; a single-unit model needs "
+            f'output = "{SIGMOID}"'
+        )
+    if len(set(labels)) != len(labels):
+        raise ManifestError(f"{where}: labels {list(labels)} repeat a name")
 
 
 def _is_hex(text: str) -> bool:
@@ -124,86 +194,52 @@ def _is_hex(text: str) -> bool:
     return True
 
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_cache: dict[tuple, str] = {}
 _hash_lock = threading.Lock()
 
 
 def file_sha256(*, path: Path) -> str:
-    """Return the sha256 of a file, streamed; computed once per (path, size, mtime) in this process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    """The sha256 of a weight file, streamed; computed once per (path, size, mtime) in this process.
+
+    A SavedModel folder's version hashes each file's relative path and contents, in sorted order.
+    """
+    files = sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]
+    stats = [item.stat() for item in files]
+    key = (
+        str(path.resolve()),
+        *((str(item), st.st_size, st.st_mtime_ns) for item, st in zip(files, stats, strict=True)),
+    )
     with _hash_lock:
         cached = _hash_cache.get(key)
     if cached is not None:
         return cached
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+    for item in files:
+        if path.is_dir():
+            digest.update(str(item.relative_to(path)).encode() + b"\0")
+        with item.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
     value = digest.hexdigest()
     with _hash_lock:
         _hash_cache[key] = value
     return value
 
 
-@contextmanager
-def _float32_policy() -> Iterator[None]:
-    # The seed was trained under mixed_float16; inference here runs in float32 (exact and fast on
-    # CPUs). The policy is global in Keras, so restore whatever the caller had.
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+def load_model_file(*, spec: ModelSpec) -> keras.Model | OnnxClassifier:
+    """Load the model a spec points at, raising ModelLoadError naming the file and body part."""
+    return open_model_file(spec=spec).model
 
 
-def load_model_file(*, spec: ModelSpec) -> keras.Model:
-    """Load the Keras model a spec points at, raising ModelLoadError naming the file and body part."""
-    path = spec.path
-    where = f"model file {path} for {spec.body_part}"
-    if not path.is_file():
+def open_model_file(*, spec: ModelSpec) -> OpenedModel:
+    """The model a spec points at, with its format and what the load proved (for ``install_model``)."""
+    where = f"model file {spec.path} for {spec.body_part}"
+    if not is_model_path(spec.path):
         raise ModelLoadError(f"{where} is missing")
-    if path.suffix.lower() in _HDF5_SUFFIXES:
-        return _load_hdf5(path=path, where=where)
-    if path.suffix.lower() == ".keras":
-        try:
-            with _float32_policy():
-                return keras.saving.load_model(path, compile=False)
-        except Exception as exc:  # Keras raises many types for bad archives; all mean "corrupt"
-            raise ModelLoadError(f"{where} could not be loaded: {exc}") from exc
-    raise ModelLoadError(f"{where} has an unknown format (expected .h5, .hdf5 or .keras)")
-
-
-def _load_hdf5(*, path: Path, where: str) -> keras.Model:
     try:
-        with h5py.File(path, "r") as handle:
-            model_config = handle.attrs.get("model_config")
-            weights_group = handle.get("model_weights", handle)
-            layer_names = [_as_str(name) for name in weights_group.attrs.get("layer_names", [])]
-    except OSError as exc:
-        raise ModelLoadError(f"{where} is not a readable HDF5 file: {exc}") from exc
-    architecture = recognise_seed_architecture(model_config=model_config, weight_layer_names=layer_names)
-    if architecture is not None:
-        try:
-            with _float32_policy():
-                model = build_seed_from_architecture(architecture)
-                model.load_weights(path)
-        except Exception as exc:  # h5py and Keras raise assorted errors for truncated/mismatched files
-            raise ModelLoadError(f"{where}: seed architecture recognised but weights failed: {exc}") from exc
-        return model
-    try:
-        with _float32_policy():
-            return keras.saving.load_model(path, compile=False)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{where}: unknown architecture (not the seed's InceptionResNetV2 classifier) "
-            f"and Keras could not load it: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _as_str(value: str | bytes) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return open_model(spec.path)
+    except ModelFileError as exc:
+        raise ModelLoadError(f"{where} {exc}") from exc
 
 
 class ModelRegistry:
@@ -232,7 +268,7 @@ class ModelRegistry:
 
     def available(self, body_part: str) -> bool:
         """True when the body part is configured and its weight file exists."""
-        return body_part in self._specs and self._specs[body_part].path.is_file()
+        return body_part in self._specs and is_model_path(self._specs[body_part].path)
 
     def missing(self) -> list[str]:
         """Configured body parts whose weight file is not installed."""
@@ -265,7 +301,7 @@ class ModelRegistry:
             return loaded
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
-        if not spec.path.is_file():
+        if not is_model_path(spec.path):
             raise ModelLoadError(f"model file {spec.path} for {spec.body_part} is missing")
         version = file_sha256(path=spec.path)
         if spec.sha256 is not None and spec.sha256 != version:

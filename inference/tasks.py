@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 from celery import shared_task
@@ -21,7 +22,9 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from inference.decoding import DecodedImage, DecodeError, decode_image
+from inference.model_card import ModelCardError, read_card
 from studies.models import BodyPart, Label, Radiograph
+from studies.services.model_versions import model_version_record
 from studies.services.predictions import (
     ImageOutcome,
     ModelRun,
@@ -164,7 +167,8 @@ def _predict_study(*, images: list[Radiograph]) -> None:
     study = images[0].study
     ids = [image.id for image in images]
     try:
-        loaded = get_registry(settings.MSKDETECT_MODEL_DIR).get(study.body_part)
+        registry = get_registry(settings.MSKDETECT_MODEL_DIR)
+        loaded = registry.get(study.body_part)
     except UnsupportedBodyPart:
         name = BodyPart(study.body_part).label if study.body_part in BodyPart.values else study.body_part
         radiographs_mark_unsupported(
@@ -204,6 +208,15 @@ def _predict_study(*, images: list[Radiograph]) -> None:
     result = predictor.run(batch, heatmaps=True)
     finished = time.perf_counter()
     overlays = _heatmap_overlays(spec=spec, heatmaps=result.heatmaps, decoded=decoded)
+    # Recorded before the predictions, so every stored version has its record (idempotent upsert).
+    model_version_record(
+        version=loaded.version,
+        name=spec.name,
+        body_part=spec.body_part,
+        demo=spec.demo,
+        threshold=spec.threshold,
+        card=_validation_card(model_dir=registry.model_dir, version=loaded.version),
+    )
     predictions_record(
         study_id=study.id,
         run=ModelRun(
@@ -226,6 +239,15 @@ def _predict_study(*, images: list[Radiograph]) -> None:
             for image, probability, overlay in zip(readable, result.probabilities, overlays, strict=True)
         ],
     )
+
+
+def _validation_card(*, model_dir: Path, version: str) -> dict | None:
+    try:
+        return read_card(model_dir=model_dir, version=version)
+    except ModelCardError as exc:
+        # A broken card must not stop predictions: the version keeps the card it had, if any.
+        logger.warning("Validation card ignored: %s", exc)
+        return None
 
 
 def _heatmap_overlays(*, spec, heatmaps, decoded: list[DecodedImage]) -> list[bytes | None]:

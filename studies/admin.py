@@ -8,7 +8,16 @@ superusers included. Users and groups (roles) are managed in Django's own auth a
 from django.contrib import admin
 from django.http import HttpRequest
 
-from studies.models import AuditEvent, Patient, Prediction, Radiograph, Review, Study, StudyResult
+from studies.models import (
+    AuditEvent,
+    ModelVersion,
+    Patient,
+    Prediction,
+    Radiograph,
+    Review,
+    Study,
+    StudyResult,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -94,6 +103,29 @@ class StudyResultAdmin(ReadOnlyAdmin):
     list_filter = ["label", "demo", "model_name"]
     search_fields = ["study__accession_number", "model_version"]
     list_select_related = ["study"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    """Recorded by the worker and install_model; the card is evidence, so it is not edited here."""
+
+    list_display = [
+        "model_name",
+        "body_part",
+        "version",
+        "demo",
+        "threshold",
+        "validated",
+        "first_seen",
+        "card_updated",
+    ]
+    list_filter = ["body_part", "demo", "first_seen"]
+    search_fields = ["version", "model_name"]
+    date_hierarchy = "first_seen"
+
+    @admin.display(boolean=True, description="validated")
+    def validated(self, obj: ModelVersion) -> bool:
+        return obj.card is not None
 
 
 @admin.register(Review)

@@ -257,6 +257,46 @@ class Review(models.Model):
         return f"{self.get_decision_display()} {self.final_label} on {self.study}"
 
 
+class ModelVersion(models.Model):
+    """One model version (the sha256 of a weight file) the app has run or installed, with its card.
+
+    Predictions and results keep the version as text (they predate this table); this row adds what
+    the version is and how it was validated. `card` is the validation card (inference.model_card,
+    schema 1) or null: "not validated here".
+    """
+
+    version = models.CharField(max_length=64, unique=True)
+    model_name = models.CharField(max_length=100)
+    body_part = models.CharField(max_length=16, choices=BodyPart.choices)
+    demo = models.BooleanField(default=False)
+    threshold = models.FloatField()
+    card = models.JSONField(null=True, blank=True)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    card_updated = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["body_part", "-first_seen", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(version__regex=r"^[0-9a-f]{64}$"), name="model_version_is_sha256"
+            ),
+            models.CheckConstraint(condition=~Q(model_name=""), name="model_version_name_not_blank"),
+            models.CheckConstraint(
+                condition=Q(body_part__in=BodyPart.values), name="model_version_body_part_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(threshold__gte=0) & Q(threshold__lte=1), name="model_version_threshold_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(card__isnull=True) | Q(card_updated__isnull=False),
+                name="model_version_card_has_date",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.version[:12]}"
+
+
 class AuditEvent(models.Model):
     """Append-only: no code path updates or deletes rows; PostgreSQL enforces it by trigger."""
 

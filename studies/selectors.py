@@ -21,17 +21,35 @@ from django.db.models import (
 )
 
 from studies.errors import NotFoundError
-from studies.models import AuditEvent, Label, Patient, Prediction, Radiograph, Review, Study
+from studies.models import (
+    AuditEvent,
+    Label,
+    ModelVersion,
+    Patient,
+    Prediction,
+    Radiograph,
+    Review,
+    Study,
+)
 from studies.permissions import is_admin, is_staff_member
 
 User = AbstractBaseUser | AnonymousUser
 
 
-def _annotated_studies() -> QuerySet[Study]:
+def _version_card(version: str) -> Subquery:
+    # A subquery in the same SELECT (on the unique version index), not a lookup per row: a page
+    # costs the same number of queries with the cards as without them.
+    return Subquery(ModelVersion.objects.filter(version=OuterRef(version)).values("card")[:1])
+
+
+def _annotated_studies(*, model_cards: bool = True) -> QuerySet[Study]:
     reviews = Review.objects.filter(study=OuterRef("pk"))
     latest_review = reviews.order_by("-created_at", "-id")
+    studies = Study.objects.all()
+    if model_cards:
+        studies = studies.annotate(result_card=_version_card("result__model_version"))
     return (
-        Study.objects.select_related("patient", "result")
+        studies.select_related("patient", "result")
         .annotate(
             is_reviewed=Exists(reviews),
             final_label=Subquery(latest_review.values("final_label")[:1]),
@@ -56,11 +74,16 @@ def worklist(
     flagged: bool | None = None,
     reviewed: bool | None = None,
     patient_id: int | None = None,
+    model_cards: bool = True,
 ) -> QuerySet[Study]:
-    """Studies in worklist priority: flagged-and-unreviewed first, then highest P(abnormal), then oldest."""
+    """Studies in worklist priority: flagged-and-unreviewed first, then highest P(abnormal), then oldest.
+
+    `model_cards`: attach each result's validation card (for `result_card`); a page that shows
+    no card can leave the cards out.
+    """
     if not is_staff_member(user):
         return Study.objects.none()
-    studies = _annotated_studies()
+    studies = _annotated_studies(model_cards=model_cards)
     if status:
         studies = studies.filter(status=status)
     if body_part:
@@ -77,8 +100,9 @@ def worklist(
 
 
 def _images_with_predictions() -> QuerySet[Radiograph]:
+    predictions = Prediction.objects.annotate(version_card=_version_card("model_version"))
     return Radiograph.objects.prefetch_related(
-        Prefetch("predictions", queryset=Prediction.objects.order_by("-finished_at", "-id"))
+        Prefetch("predictions", queryset=predictions.order_by("-finished_at", "-id"))
     )
 
 
@@ -114,6 +138,30 @@ def latest_prediction(image: Radiograph) -> Prediction | None:
     """The image's newest prediction, using the prefetched list when there is one."""
     predictions = list(image.predictions.all())
     return max(predictions, key=lambda p: (p.finished_at, p.pk)) if predictions else None
+
+
+def prediction_card(prediction: Prediction) -> dict | None:
+    """The validation card of the model version that made this prediction, or None (not validated here).
+
+    Predictions read through these selectors carry it already; any other costs one query.
+    """
+    if hasattr(prediction, "version_card"):
+        return prediction.version_card
+    return _stored_card(prediction.model_version)
+
+
+def result_card(study: Study) -> dict | None:
+    """The validation card of the model version behind the study's result (None without either)."""
+    result = getattr(study, "result", None)
+    if result is None:
+        return None
+    if hasattr(study, "result_card"):
+        return study.result_card
+    return _stored_card(result.model_version)
+
+
+def _stored_card(version: str) -> dict | None:
+    return ModelVersion.objects.filter(version=version).values_list("card", flat=True).first()
 
 
 def image_detail(*, user: User, image_id: int) -> Radiograph:

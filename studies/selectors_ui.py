@@ -26,7 +26,8 @@ def worklist_page(
     `search` matches the patient's MRN or name or the accession number; `filters` go to
     `selectors.worklist` (status, body_part, flagged, reviewed).
     """
-    studies = selectors.worklist(user=user, **filters)
+    # The worklist page shows no validation card: leave the cards out of its query.
+    studies = selectors.worklist(user=user, model_cards=False, **filters)
     if search and search.strip():
         term = search.strip()
         studies = studies.filter(

@@ -2,9 +2,10 @@
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
+from studies.model_cards import NOT_VALIDATED, model_card_data
 from studies.models import (
     AuditEvent,
     BodyPart,
@@ -18,7 +19,7 @@ from studies.models import (
     Study,
     StudyStatus,
 )
-from studies.selectors import latest_prediction
+from studies.selectors import latest_prediction, prediction_card, result_card
 from studies.services.studies import unknown_body_part_message
 
 DEMO_NOTICE = "demo model — not for clinical use"
@@ -48,9 +49,50 @@ class PatientFilterSerializer(serializers.Serializer):
     search = serializers.CharField(required=False, allow_blank=True)
 
 
+# --- validation cards -------------------------------------------------------------------
+class CardFigureSerializer(serializers.Serializer):
+    """One figure of a validation card with its 95 % confidence interval; null when undefined."""
+
+    value = serializers.FloatField(allow_null=True)
+    low = serializers.FloatField(allow_null=True)
+    high = serializers.FloatField(allow_null=True)
+
+
+class ValidatedModelCardSerializer(serializers.Serializer):
+    """Schema only: the card of a validated model version (study-level figures at `threshold`)."""
+
+    validated = serializers.BooleanField(help_text="true")
+    set = serializers.CharField(help_text="the validation set, e.g. MURA-v1.1 valid")
+    date = serializers.DateField()
+    studies = serializers.IntegerField()
+    threshold = serializers.FloatField(help_text="the threshold the figures were measured at")
+    kappa = CardFigureSerializer(help_text="Cohen's kappa")
+    auroc = CardFigureSerializer()
+    sensitivity = CardFigureSerializer()
+    specificity = CardFigureSerializer()
+    ci = serializers.CharField(help_text="how the 95 % confidence intervals were computed")
+
+
+class UnvalidatedModelCardSerializer(serializers.Serializer):
+    """Schema only: the model version has no validation card."""
+
+    validated = serializers.BooleanField(help_text="false")
+    notice = serializers.ChoiceField(choices=[NOT_VALIDATED])
+
+
+def model_card_schema() -> PolymorphicProxySerializer:
+    """`model_card` in the OpenAPI schema: one of the two card shapes (a new field each use)."""
+    return PolymorphicProxySerializer(
+        component_name="ModelCard",
+        serializers=[ValidatedModelCardSerializer, UnvalidatedModelCardSerializer],
+        resource_type_field_name=None,
+    )
+
+
 # --- predictions, results, reviews ------------------------------------------------------
 class PredictionOutputSerializer(serializers.ModelSerializer):
     notice = serializers.SerializerMethodField()
+    model_card = serializers.SerializerMethodField()
 
     class Meta:
         model = Prediction
@@ -63,11 +105,16 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "finished_at",
             "threshold",
             "notice",
+            "model_card",
         ]
         read_only_fields = fields
 
     def get_notice(self, prediction: Prediction) -> str | None:
         return DEMO_NOTICE if prediction.demo else None
+
+    @extend_schema_field(model_card_schema())
+    def get_model_card(self, prediction: Prediction) -> dict:
+        return model_card_data(prediction_card(prediction))
 
 
 class StudyResultOutputSerializer(serializers.Serializer):
@@ -79,6 +126,7 @@ class StudyResultOutputSerializer(serializers.Serializer):
     model_version = serializers.CharField()
     demo = serializers.BooleanField()
     notice = serializers.CharField(allow_null=True)
+    model_card = model_card_schema()
 
 
 def study_result_data(study: Study) -> dict | None:
@@ -96,6 +144,7 @@ def study_result_data(study: Study) -> dict | None:
         "model_version": result.model_version,
         "demo": result.demo,
         "notice": DEMO_NOTICE if result.demo else None,
+        "model_card": model_card_data(result_card(study)),
     }
 
 

@@ -20,4 +20,5 @@ urlpatterns = [
     path("studies/<int:pk>/review/", views.study_review, name="study_review"),
     path("studies/<int:pk>/requeue/", views.study_requeue, name="study_requeue"),
     path("dashboard/", views.dashboard, name="dashboard"),
+    path("models/", views.model_registry, name="model_registry"),
 ]

@@ -15,13 +15,14 @@ from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from studies import selectors, selectors_ui, services
+from studies import selectors, selectors_models, selectors_ui, services
 from studies.audit import request_ip
 from studies.dashboard import DRIFT_MIN_STUDIES, DRIFT_WINDOW_DAYS, DRIFT_Z, summarize
 from studies.errors import ApplicationError, UploadRejected
 from studies.forms import LoginForm, ReviewForm, StaffPasswordChangeForm, StudyNewForm, WorklistFilterForm
+from studies.model_cards import model_card_data
 from studies.models import BodyPart, ImageStatus, Study, StudyStatus
-from studies.permissions import is_radiologist, is_staff_member
+from studies.permissions import is_admin, is_radiologist, is_staff_member
 from studies.services.ui import study_register
 
 WORKLIST_PAGE_SIZE = 25
@@ -52,6 +53,18 @@ def staff_required(view: View) -> View:
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not is_staff_member(request.user):
             raise PermissionDenied("Your account has no clinical role.")
+        return view(request, *args, **kwargs)
+
+    return login_required(wrapper)
+
+
+def admin_required(view: View) -> View:
+    """Logged in (else to the login page) and an administrator (else 403)."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not is_admin(request.user):
+            raise PermissionDenied("Only administrators may see the model registry.")
         return view(request, *args, **kwargs)
 
     return login_required(wrapper)
@@ -257,6 +270,7 @@ def _study_context(request: HttpRequest, study: Study, *, review_form: ReviewFor
         "patient": study.patient,
         "images": images,
         "result": result,
+        "result_card": model_card_data(selectors.result_card(study)) if result is not None else None,
         "reviews": list(study.reviews.all()),
         "is_active": study.status in ACTIVE_STUDY_STATUSES
         or any(image.status in ACTIVE_IMAGE_STATUSES for image, _ in images),
@@ -365,3 +379,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "drift_min_studies": DRIFT_MIN_STUDIES,
     }
     return render(request, "studies/dashboard.html", context)
+
+
+# --- model registry ----------------------------------------------------------------------------
+@require_GET
+@admin_required
+def model_registry(request: HttpRequest) -> HttpResponse:
+    """Every installed model with its version, demo flag and validation card; retired versions below."""
+    page = selectors_models.model_registry(user=request.user)
+    return render(request, "studies/model_registry.html", {"registry": page})

@@ -8,6 +8,7 @@ import numpy as np
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.files.base import ContentFile
+from django.utils import timezone
 from PIL import Image
 
 from studies.models import (
@@ -15,6 +16,7 @@ from studies.models import (
     ImageFormat,
     ImageStatus,
     Label,
+    ModelVersion,
     Patient,
     Prediction,
     Radiograph,
@@ -126,6 +128,61 @@ class StudyResultFactory(factory.django.DjangoModelFactory):
         # Made without the services, so keep the study's worklist sort key as they would.
         if create:
             study_worklist_key_refresh(study=self.study)
+
+
+def validation_card(
+    *,
+    version: str = "a" * 64,
+    model_name: str = "WRIST",
+    body_part: str = BodyPart.WRIST,
+    created_at: str = "2026-12-02T10:00:00+00:00",
+    kappa: tuple[float | None, float | None, float | None] = (0.71, 0.67, 0.75),
+    demo: bool = False,
+) -> dict:
+    """A schema-1 validation card (inference.model_card) with plausible MURA-valid figures."""
+    value, low, high = kappa
+    return {
+        "schema": 1,
+        "model_name": model_name,
+        "body_part": body_part,
+        "model_version": version,
+        "demo": demo,
+        "threshold": 0.5,
+        "validated_on": {
+            "set": "MURA-v1.1 valid",
+            "path": "/data/MURA-v1.1/valid",
+            "date": "2026-12-02",
+            "studies": 1199,
+            "abnormal_studies": 536,
+            "normal_studies": 663,
+            "images": 3197,
+            "failed_images": 0,
+        },
+        "metrics": {
+            "kappa": {"value": value, "low": low, "high": high},
+            "auroc": {"value": 0.874, "low": 0.853, "high": 0.893},
+            "sensitivity": {"value": 0.781, "low": 0.744, "high": 0.814},
+            "specificity": {"value": 0.902, "low": 0.877, "high": 0.922},
+        },
+        "ci": "Sensitivity and specificity: Wilson score interval; AUROC and kappa: stratified bootstrap.",
+        "roc": {"fpr": [0.0, 0.05, 0.098, 0.3, 1.0], "tpr": [0.0, 0.55, 0.781, 0.93, 1.0]},
+        "created_at": created_at,
+    }
+
+
+class ModelVersionFactory(factory.django.DjangoModelFactory):
+    """A recorded model version; `card=validation_card(version=...)` makes it validated."""
+
+    class Meta:
+        model = ModelVersion
+        django_get_or_create = ("version",)
+
+    version = "a" * 64
+    model_name = "WRIST"
+    body_part = BodyPart.WRIST
+    threshold = 0.5
+    card = None
+    card_updated = factory.LazyAttribute(lambda m: timezone.now() if m.card is not None else None)
 
 
 class ReviewFactory(factory.django.DjangoModelFactory):

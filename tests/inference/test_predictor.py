@@ -8,8 +8,8 @@ import pytest
 from inference import predictor as predictor_module
 from inference.gradcam import gradcam_heatmaps
 from inference.predictor import Predictor
-from inference.preprocessing import get_profile
-from inference.registry import ModelRegistry
+from inference.preprocessing import UnsupportedInputSize, build_batch, get_profile
+from inference.registry import ManifestError, ModelRegistry
 from tests.inference.conftest import build_tiny_cnn, gray_image, wrist_entry, write_manifest
 
 
@@ -140,3 +140,95 @@ def test_a_grad_cam_failure_keeps_the_probabilities(tiny_model_dir, monkeypatch,
     assert result.heatmaps is None
     np.testing.assert_allclose(result.probabilities, predictor.abnormal_probabilities(batch))
     assert "Grad-CAM failed for tiny-wrist" in caplog.text
+
+
+def _sigmoid_cnn(*, negate: bool = False):
+    """A small sigmoid CNN at a non-square input size; ``negate`` gives the model of 1 - its output."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(160, 192, 3)),
+            keras.layers.AveragePooling2D(4),
+            keras.layers.Conv2D(4, 3, activation="relu", name="sigmoid_conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    kernel, bias = model.layers[-1].get_weights()
+    sign = -1.0 if negate else 1.0
+    # Centred on these test images, so the outputs spread over (0, 1) instead of saturating.
+    model.layers[-1].set_weights([sign * kernel * 10.0, sign * (bias - 6.0)])
+    return model
+
+
+def _sigmoid_loaded(tmp_path, *, negate: bool, labels: list[str]):
+    directory = tmp_path / ("negated" if negate else "plain")
+    directory.mkdir()
+    _sigmoid_cnn(negate=negate).save(directory / "sigmoid.keras")
+    write_manifest(
+        directory,
+        {
+            "XR_WRIST": wrist_entry(
+                file="sigmoid.keras", preprocessing="unit-v1", output="sigmoid", labels=labels
+            )
+        },
+    )
+    return ModelRegistry(directory).get("XR_WRIST")
+
+
+def test_input_size_comes_from_the_model_and_a_sigmoid_p_abnormal_model_works_end_to_end(tmp_path):
+    loaded = _sigmoid_loaded(tmp_path, negate=False, labels=["abnormal"])
+    images = _images(4)
+    predictor = Predictor(loaded, batch_size=3)
+
+    result = predictor.predict(images)
+
+    assert predictor.input_size == (160, 192)
+    batch = build_batch(images=images, profile="unit-v1", size=(160, 192))
+    np.testing.assert_array_equal(predictor.preprocess(images), batch)
+    expected = np.asarray(loaded.model(batch, training=False))[:, 0]
+    assert [p.abnormal_probability for p in result.images] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert np.ptp(expected) > 0.01
+    assert result.abnormal_probability == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    assert (result.preprocessing, result.heatmaps_available) == ("unit-v1", True)
+
+
+def test_a_sigmoid_p_normal_model_gives_the_probabilities_and_heat_maps_of_its_p_abnormal_twin(tmp_path):
+    # sigmoid(-z) = 1 - sigmoid(z): the negated network says P(abnormal) where the first says P(normal).
+    p_normal = _sigmoid_loaded(tmp_path, negate=False, labels=["normal"])
+    p_abnormal = _sigmoid_loaded(tmp_path, negate=True, labels=["abnormal"])
+    normal_predictor, abnormal_predictor = Predictor(p_normal), Predictor(p_abnormal)
+    batch = normal_predictor.preprocess(_images(4))
+
+    from_normal = normal_predictor.run(batch, heatmaps=True)
+    from_abnormal = abnormal_predictor.run(batch, heatmaps=True)
+
+    raw = np.asarray(p_normal.model(batch, training=False))[:, 0]
+    np.testing.assert_allclose(from_normal.probabilities, 1.0 - raw, atol=1e-6)
+    np.testing.assert_allclose(from_normal.probabilities, from_abnormal.probabilities, atol=1e-6)
+    assert from_normal.heatmaps.shape == (4, 38, 46)
+    np.testing.assert_allclose(from_normal.heatmaps, from_abnormal.heatmaps, atol=1e-5)
+    # The abnormal class's map is not the map of the output unit itself (the normal evidence).
+    unit_maps = gradcam_heatmaps(p_normal.model, batch, class_index=0)
+    assert np.abs(unit_maps - from_normal.heatmaps).max() > 0.1
+
+
+def test_a_model_that_gives_more_outputs_than_the_manifest_names_is_refused(tiny_model_dir):
+    write_manifest(tiny_model_dir, {"XR_WRIST": wrist_entry(output="sigmoid", labels=["abnormal"])})
+
+    with pytest.raises(
+        ManifestError, match=r"\[XR_WRIST\] describes 1 sigmoid output.*gives 2 outputs per image"
+    ):
+        Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST"))
+
+
+def test_a_seed_model_at_another_input_size_is_refused(tmp_path):
+    _sigmoid_cnn().save(tmp_path / "sigmoid.keras")
+    write_manifest(
+        tmp_path, {"XR_WRIST": wrist_entry(file="sigmoid.keras", output="sigmoid", labels=["abnormal"])}
+    )
+
+    with pytest.raises(UnsupportedInputSize, match=r"'seed' makes 224x224 inputs only.*160x192"):
+        Predictor(ModelRegistry(tmp_path).get("XR_WRIST"))

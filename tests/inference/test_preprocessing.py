@@ -9,8 +9,10 @@ from inference.decoding import DecodedImage, decode_image
 from inference.preprocessing import (
     PROFILES,
     UnknownProfile,
+    UnsupportedInputSize,
     build_batch,
     get_profile,
+    resized_rgb,
     to_display_uint8,
 )
 from tests.conftest import SHARED_DATA
@@ -212,6 +214,9 @@ def test_profiles_are_named_and_versioned():
     assert {name: (profile.name, profile.version) for name, profile in PROFILES.items()} == {
         "seed": ("seed", "1"),
         "imagenet-v1": ("imagenet-v1", "1"),
+        "unit-v1": ("unit-v1", "1"),
+        "imagenet-meanstd-v1": ("imagenet-meanstd-v1", "1"),
+        **{name: (name, "1") for name in KERAS_PROFILES},
     }
 
 
@@ -228,3 +233,142 @@ def test_build_batch_stacks_every_shared_radiograph(profile_name):
     for index, image in enumerate(images):
         np.testing.assert_array_equal(batch[index], profile(image))
         assert batch[index].std() > 0  # an image, not a constant
+
+
+# Profile name -> the keras.applications module whose preprocess_input it reproduces.
+KERAS_PROFILES = {
+    "keras-densenet-v1": "densenet",
+    "keras-resnet50-v1": "resnet50",
+    "keras-vgg16-v1": "vgg16",
+    "keras-vgg19-v1": "vgg19",
+    "keras-mobilenet-v1": "mobilenet",
+    "keras-mobilenet-v2-v1": "mobilenet_v2",
+    "keras-inception-v3-v1": "inception_v3",
+    "keras-xception-v1": "xception",
+    "keras-inception-resnet-v2-v1": "inception_resnet_v2",
+    "keras-efficientnet-v1": "efficientnet",
+}
+# Model input sizes public MURA projects use, and a non-square one to catch a swapped height/width.
+MODEL_SIZES = [(224, 224), (320, 320), (299, 256)]
+
+
+@pytest.fixture(scope="module")
+def profile_images() -> dict[str, DecodedImage]:
+    """Real radiographs of each kind (16-bit PNG, DICOM, JPEG) and an RGB image whose channels differ."""
+    return {
+        "png16": decode_image((SHARED_DATA / "png16" / "1068_1253423501_03_WRI-L2_F010.png").read_bytes()),
+        "dicom": decode_image((SHARED_DATA / "dicom" / "RG3_J2KR.dcm").read_bytes()),
+        "jpeg": decode_image((SHARED_DATA / "jpeg" / "IMG0003301.jpg").read_bytes()),
+        # Radiographs are gray, so R, G and B are equal there; this one shows any channel-order slip.
+        "rgb": decode_image(EIGHT_BIT_FILES["rgb.png"]()),
+    }
+
+
+@pytest.mark.parametrize("profile_name", sorted(KERAS_PROFILES))
+def test_keras_profiles_equal_keras_preprocess_input_on_real_radiographs(profile_name, profile_images):
+    import importlib
+
+    preprocess_input = importlib.import_module(
+        f"keras.applications.{KERAS_PROFILES[profile_name]}"
+    ).preprocess_input
+    profile = get_profile(profile_name)
+
+    for kind, image in profile_images.items():
+        for size in MODEL_SIZES:
+            pixels = resized_rgb(image, size)
+            expected = preprocess_input(pixels[np.newaxis].copy())[0]
+
+            out = profile(image, size)
+
+            assert out.shape == (*size, 3) and out.dtype == np.float32, (kind, size)
+            np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6, err_msg=f"{kind} {size}")
+
+
+def test_resized_rgb_is_the_whole_image_resized_with_anti_aliasing(profile_images):
+    # A reference that resizes all three channels at once (the profile resizes one gray plane).
+    for kind, image in profile_images.items():
+        display = to_display_uint8(image).astype(np.float32)
+        rgb = np.dstack([display] * 3) if display.ndim == 2 else display[:, :, :3]
+        expected = resize(rgb, (299, 256, 3), preserve_range=True, anti_aliasing=True)
+
+        pixels = resized_rgb(image, (299, 256))
+
+        assert pixels.shape == (299, 256, 3) and pixels.min() >= 0 and pixels.max() <= 255
+        np.testing.assert_allclose(pixels, expected, atol=1e-3, err_msg=kind)
+        assert pixels.std() > 10, "an image, not a blur"
+
+
+def test_resized_rgb_copies_gray_into_three_channels_and_drops_alpha():
+    gray = resized_rgb(decode_image(EIGHT_BIT_FILES["gray.png"]()), (320, 320))
+    rgb = resized_rgb(decode_image(EIGHT_BIT_FILES["rgb.png"]()), (320, 320))
+    rgba = resized_rgb(decode_image(EIGHT_BIT_FILES["rgba.png"]()), (320, 320))
+
+    np.testing.assert_array_equal(gray[:, :, 0], gray[:, :, 1])
+    np.testing.assert_array_equal(gray[:, :, 0], gray[:, :, 2])
+    np.testing.assert_array_equal(rgba, rgb)
+
+
+def test_unit_and_imagenet_mean_std_profiles_scale_the_resized_pixels(profile_images):
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for kind, image in profile_images.items():
+        pixels = resized_rgb(image, (320, 320)).astype(np.float64)
+
+        unit = get_profile("unit-v1")(image, (320, 320))
+        mean_std = get_profile("imagenet-meanstd-v1")(image, (320, 320))
+
+        np.testing.assert_allclose(unit, pixels / 255, atol=1e-6, err_msg=kind)
+        assert unit.min() >= 0 and unit.max() <= 1
+        np.testing.assert_allclose(mean_std, (pixels / 255 - mean) / std, atol=1e-5, err_msg=kind)
+
+
+def test_imagenet_v1_keeps_its_values_which_equal_the_inception_resnet_v2_profile(profile_images):
+    for image in profile_images.values():
+        imagenet = get_profile("imagenet-v1")(image)
+
+        np.testing.assert_array_equal(imagenet, get_profile("keras-inception-resnet-v2-v1")(image))
+        np.testing.assert_allclose(imagenet, resized_rgb(image) / 127.5 - 1, atol=1e-6)
+
+
+def test_densenet_profile_is_imagenet_mean_std_and_caffe_profiles_are_bgr(profile_images):
+    rgb = profile_images["rgb"]
+    pixels = resized_rgb(rgb)
+
+    vgg = get_profile("keras-vgg16-v1")(rgb)
+
+    np.testing.assert_array_equal(
+        get_profile("keras-densenet-v1")(rgb), get_profile("imagenet-meanstd-v1")(rgb)
+    )
+    np.testing.assert_allclose(vgg[:, :, 0], pixels[:, :, 2] - 103.939, atol=1e-4)  # blue first
+    np.testing.assert_allclose(vgg[:, :, 2], pixels[:, :, 0] - 123.68, atol=1e-4)
+    np.testing.assert_array_equal(get_profile("keras-efficientnet-v1")(rgb), pixels)
+
+
+def test_seed_profile_makes_224_only_and_says_what_to_use_instead(profile_images):
+    seed = get_profile("seed")
+    image = profile_images["png16"]
+
+    np.testing.assert_array_equal(seed(image, (224, 224)), seed(image))
+    for call in (
+        lambda: seed(image, (320, 320)),
+        lambda: build_batch(images=[image], profile="seed", size=(320, 320)),
+    ):
+        with pytest.raises(UnsupportedInputSize, match=r"'seed' makes 224x224 inputs only.*320x320.*unit-v1"):
+            call()
+
+
+@pytest.mark.parametrize("size", [(0, 224), (224,), ("a", 224)])
+def test_a_nonsense_size_is_refused(size, profile_images):
+    with pytest.raises(UnsupportedInputSize, match="input size"):
+        get_profile("unit-v1")(profile_images["rgb"], size)
+
+
+def test_build_batch_makes_the_models_input_size():
+    paths = sorted((SHARED_DATA / "png16").glob("*.png"))[:3]
+    images = [decode_image(path.read_bytes()) for path in paths]
+    profile = get_profile("keras-densenet-v1")
+
+    batch = build_batch(images=images, profile="keras-densenet-v1", size=(320, 256))
+
+    assert batch.shape == (3, 320, 256, 3) and batch.dtype == np.float32
+    for index, image in enumerate(images):
+        np.testing.assert_array_equal(batch[index], profile(image, (320, 256)))

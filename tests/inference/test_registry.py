@@ -130,24 +130,6 @@ def test_plain_keras3_h5_file_loads(tmp_path):
     np.testing.assert_allclose(loaded.model(batch), model(batch), atol=1e-6)
 
 
-def test_unknown_keras2_architecture_fails_clearly(tmp_path):
-    # A Keras 2 mixed_float16 file that is not the seed architecture: neither path can load it.
-    import tf_keras
-
-    try:
-        tf_keras.mixed_precision.set_global_policy("mixed_float16")
-        other = tf_keras.Sequential(
-            [tf_keras.Input(shape=(32, 32, 3)), tf_keras.layers.Conv2D(2, 3), tf_keras.layers.Flatten()]
-        )
-        other.save(tmp_path / "OTHER.h5", save_format="h5")
-    finally:
-        tf_keras.mixed_precision.set_global_policy("float32")
-    write_manifest(tmp_path, {"XR_SHOULDER": wrist_entry(file="OTHER.h5")})
-
-    with pytest.raises(ModelLoadError, match=r"OTHER\.h5.*XR_SHOULDER.*unknown architecture"):
-        ModelRegistry(tmp_path).get("XR_SHOULDER")
-
-
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
@@ -190,3 +172,74 @@ def test_shipped_manifest_covers_the_five_seed_files():
             0.5,
             False,
         )
+
+
+def _spec(tmp_path, **overrides):
+    write_manifest(tmp_path, {"XR_WRIST": wrist_entry(**overrides)})
+    return ModelRegistry(tmp_path).spec("XR_WRIST")
+
+
+def test_output_semantics_default_to_softmax_over_the_labels(tmp_path):
+    softmax = _spec(tmp_path, labels=["normal", "abnormal"])
+    outputs = np.array([[0.9, 0.1], [0.25, 0.75]])
+
+    assert (softmax.output, softmax.output_count) == ("softmax", 2)
+    np.testing.assert_array_equal(softmax.abnormal_probabilities(outputs), [0.1, 0.75])
+
+
+def test_sigmoid_output_is_p_abnormal_by_default_and_p_normal_when_labelled_so(tmp_path):
+    entry = {"file": "m.keras", "preprocessing": "unit-v1", "threshold": 0.5, "output": "sigmoid"}
+    write_manifest(tmp_path, {"XR_WRIST": entry, "XR_HAND": {**entry, "labels": ["normal"]}})
+    registry = ModelRegistry(tmp_path)
+    p_abnormal, p_normal = registry.spec("XR_WRIST"), registry.spec("XR_HAND")
+    outputs = np.array([[0.2], [0.9]], dtype=np.float32)
+
+    assert p_abnormal.labels == ("abnormal",) and p_normal.labels == ("normal",)
+    np.testing.assert_allclose(p_abnormal.abnormal_probabilities(outputs), [0.2, 0.9], atol=1e-7)
+    np.testing.assert_allclose(p_normal.abnormal_probabilities(outputs), [0.8, 0.1], atol=1e-7)
+    # An export that drops the unit axis gives (N,): still one probability per image.
+    np.testing.assert_allclose(p_normal.abnormal_probabilities(outputs[:, 0]), [0.8, 0.1], atol=1e-7)
+    assert (p_abnormal.abnormal_sign, p_normal.abnormal_sign) == (1.0, -1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "outputs", "message"),
+    [
+        ({}, np.zeros((3, 1)), r"describes 2 softmax output\(s\).*gives 1 outputs per image"),
+        (
+            {"labels": ["abnormal", "normal", "other"]},
+            np.zeros((3, 2)),
+            "describes 3 softmax.*gives 2 outputs",
+        ),
+        (
+            {"output": "sigmoid", "labels": ["abnormal"]},
+            np.zeros((3, 2)),
+            "describes 1 sigmoid.*gives 2 outputs",
+        ),
+        ({}, np.zeros((3, 2, 1)), r"describes 2 softmax.*gives outputs of shape \(3, 2, 1\)"),
+    ],
+)
+def test_outputs_that_do_not_match_the_manifest_are_refused(tmp_path, overrides, outputs, message):
+    spec = _spec(tmp_path, **overrides)
+
+    with pytest.raises(ManifestError, match=r"models\.toml \[XR_WRIST\] " + message):
+        spec.abnormal_probabilities(outputs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"output": "logits"}, "output 'logits' must be one of 'softmax', 'sigmoid'"),
+        ({"output": "sigmoid", "labels": ["abnormal", "normal"]}, "sigmoid output is one probability"),
+        ({"output": "sigmoid", "labels": ["positive"]}, "sigmoid output is one probability"),
+        ({"labels": ["abnormal"]}, 'single-unit model needs output = "sigmoid"'),
+        ({"labels": ["abnormal", "abnormal"]}, "repeat a name"),
+        ({"labels": "abnormal"}, "labels must be a list"),
+        ({"outputs": "softmax"}, r"unknown keys \['outputs'\]"),
+    ],
+)
+def test_invalid_output_semantics_are_rejected(tmp_path, overrides, message):
+    write_manifest(tmp_path, {"XR_WRIST": wrist_entry(**overrides)})
+
+    with pytest.raises(ManifestError, match=message):
+        ModelRegistry(tmp_path)

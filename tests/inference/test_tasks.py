@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from PIL import Image
 
 from inference import tasks
 from inference.decoding import DecodeError
+from inference.model_card import card_path, read_card, write_card
 from mskdetect.celery import app as celery_app
 from studies.models import (
     AuditEvent,
     ImageStatus,
+    ModelVersion,
     Patient,
     Prediction,
     Radiograph,
@@ -28,6 +31,7 @@ from studies.models import (
 )
 from studies.services.predictions import radiographs_claim
 from tests.conftest import SHARED_DATA
+from tests.factories import validation_card
 from tests.inference.tiny_models import WRIST_FILE, write_tiny_model_dir
 
 WRISTS = sorted((SHARED_DATA / "png16").glob("*.png"))[:2]
@@ -86,6 +90,66 @@ def test_prediction_is_stored_with_heat_maps_and_the_study_result(model_dir):
     assert result.model_version == version
     actions = list(AuditEvent.objects.filter(study=study).order_by("id").values_list("action", "actor"))
     assert actions == [("inference.started", None), ("inference.completed", None)]
+
+
+@pytest.fixture
+def carded_model_dir(settings, tiny_model_dir, tmp_path) -> Path:
+    """A copy of the tiny model dir whose wrist model has a validation card (the session's stays bare)."""
+    directory = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, directory)
+    version = hashlib.sha256((directory / WRIST_FILE).read_bytes()).hexdigest()
+    write_card(model_dir=directory, card=validation_card(version=version, model_name="tiny_wrist"))
+    settings.MSKDETECT_MODEL_DIR = directory
+    return directory
+
+
+@pytest.mark.django_db
+def test_the_worker_records_the_model_version_with_its_card(carded_model_dir):
+    version = hashlib.sha256((carded_model_dir / WRIST_FILE).read_bytes()).hexdigest()
+    first, second = make_study(accession="ACC-1"), make_study(accession="ACC-2")
+    images = [add_image(study, WRISTS[0].read_bytes()) for study in (first, second)]
+
+    tasks.predict_images([images[0].id])
+
+    record = ModelVersion.objects.get(version=version)
+    assert record.card == read_card(model_dir=carded_model_dir, version=version)
+    assert record.card["validated_on"]["set"] == "MURA-v1.1 valid"
+    assert (record.model_name, record.body_part, record.demo, record.threshold) == (
+        "tiny_wrist",
+        "XR_WRIST",
+        True,
+        0.5,
+    )
+    assert AuditEvent.objects.filter(action="model_version.recorded", object_id=str(record.pk)).count() == 1
+    # Every later batch of the same version (and a second delivery) changes nothing.
+    tasks.predict_images([images[1].id])
+    tasks.predict_images([images[1].id])
+    assert ModelVersion.objects.count() == 1
+    assert not AuditEvent.objects.filter(action="model_version.updated").exists()
+    assert Prediction.objects.filter(model_version=version).count() == 2
+
+
+@pytest.mark.django_db
+def test_without_a_card_the_version_is_recorded_as_not_validated(model_dir):
+    image = add_image(make_study(), WRISTS[0].read_bytes())
+    tasks.predict_images([image.id])
+    record = ModelVersion.objects.get()
+    assert record.card is None and record.card_updated is None
+    assert record.version == Prediction.objects.get(radiograph=image).model_version
+
+
+@pytest.mark.django_db
+def test_a_corrupt_card_does_not_stop_the_prediction(carded_model_dir, caplog):
+    version = hashlib.sha256((carded_model_dir / WRIST_FILE).read_bytes()).hexdigest()
+    card_path(model_dir=carded_model_dir, version=version).write_text("{not json")
+    image = add_image(make_study(), WRISTS[0].read_bytes())
+
+    with caplog.at_level(logging.WARNING, logger="inference.tasks"):
+        tasks.predict_images([image.id])
+
+    assert Radiograph.objects.get(pk=image.pk).status == ImageStatus.DONE
+    assert ModelVersion.objects.get(version=version).card is None
+    assert "Validation card ignored" in caplog.text and "not valid JSON" in caplog.text
 
 
 @pytest.mark.django_db

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from inference.onnx_runtime import RUNTIME_ONNX
+from inference.onnx_runtime import RUNTIME_ONNX, OnnxClassifier
 from inference.predictor import Predictor
 from inference.registry import ModelLoadError, ModelRegistry
 
@@ -42,6 +42,9 @@ class Command(BaseCommand):
             except ModelLoadError as error:
                 self.stderr.write(f"{body_part}: {error}")
                 failed.append(body_part)
+                continue
+            if isinstance(loaded.model, OnnxClassifier):
+                self.stdout.write(f"{body_part}: {loaded.spec.path.name} is ONNX already: served as it is")
                 continue
             predictor = Predictor(loaded, runtime=RUNTIME_ONNX, onnx_dir=onnx_dir)
             seconds = time.perf_counter() - started

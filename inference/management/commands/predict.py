@@ -85,7 +85,9 @@ class Command(BaseCommand):
             batch = predictor.preprocess([image for _, _, image in decoded])
             run = predictor.run(batch, heatmaps=options["heatmap_dir"] is not None)
             probabilities = run.probabilities
-            heatmap_paths = self._heatmaps(loaded, run.heatmaps, decoded, options["heatmap_dir"])
+            heatmap_paths = self._heatmaps(
+                loaded, run.heatmaps, decoded, options["heatmap_dir"], available=predictor.heatmaps_available
+            )
             spec = loaded.spec
             for position, ((index, _, _), probability) in enumerate(zip(decoded, probabilities, strict=True)):
                 results[index].update(
@@ -105,11 +107,17 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(f"{failed} of {len(results)} file(s) could not be read")
 
-    def _heatmaps(self, loaded, heatmaps, decoded, heatmap_dir: Path | None) -> list[Path]:
+    def _heatmaps(
+        self, loaded, heatmaps, decoded, heatmap_dir: Path | None, *, available: bool
+    ) -> list[Path]:
         if heatmap_dir is None:
             return []
-        if heatmaps is None:  # the predictions stand; the predictor logged why Grad-CAM failed
-            self.stderr.write("Grad-CAM failed for this model: no heat maps written")
+        if heatmaps is None:  # the predictions stand
+            self.stderr.write(
+                "Grad-CAM failed for this model (see the log): no heat maps written"
+                if available
+                else f"{loaded.spec.name} gives no heat maps (an ONNX or SavedModel graph): none written"
+            )
             return []
         from inference.gradcam import heatmap_overlay_png
 
