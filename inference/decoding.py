@@ -16,10 +16,14 @@ What comes back (``DecodedImage.pixels``):
   MONOCHROME1 is inverted afterwards. Colour DICOM (RGB, YBR converted to RGB by pydicom, palette
   colour) is returned as RGB with its stored depth. A multi-frame file gives its first frame.
 
-Modalities: radiographs only. CR, DX, RG and OT (secondary captures of radiographs) are accepted,
-and so is a file with no Modality. Everything else (CT, MR, US, NM, PT, XA, RF, MG, IO, PX, ...)
-is refused: the classifiers were trained on musculoskeletal radiographs (MURA) and their output
-on a CT slice, a fluoroscopy frame or a mammogram would look valid and mean nothing.
+Modalities: projection radiographs only. CR, DX and RG are radiographs; RF and XA are projection
+X-ray too (a fluoroscopy or C-arm frame of a wrist fixation is a radiograph of the wrist; the first
+frame is used). OT and SC (secondary capture) are accepted because scanned films and radiographs
+exported by another system arrive that way; what such a file holds is judged from its pixels
+(inference.image_content refuses colour photographs and screenshots). A file with no Modality is
+accepted on the same terms. Everything else (CT, MR, US, NM, PT, MG, IO, PX, ...) is refused with
+its name: the classifiers were trained on musculoskeletal radiographs (MURA) and their output on a
+CT slice or a mammogram would look valid and mean nothing.
 
 Decompression bombs are refused from the header, before any pixel is decoded: Pillow's header
 size, or DICOM Rows x Columns x NumberOfFrames. Pillow's own guard is set to the same default;
@@ -54,7 +58,25 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
-ALLOWED_MODALITIES = frozenset({"CR", "DX", "RG", "OT"})
+ALLOWED_MODALITIES = frozenset({"CR", "DX", "RG", "RF", "XA", "OT", "SC"})
+# Names for the refusal message (DICOM PS3.3 C.7.3.1.1.1 defined terms).
+MODALITY_NAMES = {
+    "CT": "computed tomography",
+    "MR": "magnetic resonance",
+    "US": "ultrasound",
+    "NM": "nuclear medicine",
+    "PT": "positron emission tomography",
+    "MG": "mammography",
+    "IO": "intra-oral radiography",
+    "PX": "panoramic dental radiography",
+    "XC": "external-camera photography",
+    "ES": "endoscopy",
+    "OP": "ophthalmic photography",
+    "SM": "slide microscopy",
+    "BMD": "bone densitometry",
+    "SR": "a structured report",
+    "DOC": "a document",
+}
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -278,8 +300,12 @@ def _dicom_metadata(ds: Dataset) -> dict[str, str]:
     values = {
         "patient_id": ds.get("PatientID"),
         "accession_number": ds.get("AccessionNumber"),
+        "patient_name": ds.get("PatientName"),
         "body_part_examined": ds.get("BodyPartExamined"),
+        "study_description": ds.get("StudyDescription"),
+        "series_description": ds.get("SeriesDescription"),
         "modality": ds.get("Modality"),
+        "study_instance_uid": ds.get("StudyInstanceUID"),
         "study_date": _iso_date(str(ds.get("StudyDate") or "")),
     }
     return {key: str(value).strip() for key, value in values.items() if value and str(value).strip()}
@@ -307,9 +333,10 @@ def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
     ds = _read_dicom(data)
     modality = str(ds.get("Modality") or "").strip().upper()
     if modality and modality not in ALLOWED_MODALITIES:
+        name = f" ({MODALITY_NAMES[modality]})" if modality in MODALITY_NAMES else ""
         raise UnsupportedModality(
-            f"The DICOM modality is {modality}; only radiographs "
-            f"({', '.join(sorted(ALLOWED_MODALITIES))}) can be analysed."
+            f"The DICOM modality is {modality}{name}, not a projection radiograph; only CR, DX, RG, "
+            "RF and XA images (or OT and SC secondary captures of them) can be analysed."
         )
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise NoPixelData("The DICOM file has no pixel data (it may be a report or a structured document).")

@@ -25,6 +25,9 @@ from inference.registry import BODY_PARTS, MANIFEST_NAME
 
 DEMO_PREPROCESSING = "seed"
 DEMO_LABELS = ("abnormal", "normal")  # output 0 = abnormal, as in the seed's files
+DEMO_THRESHOLD = 0.5
+# Results with P(abnormal) in [0.35, 0.65) are "indeterminate": the demo models make no call there.
+DEMO_INDETERMINATE = (0.35, 0.65)
 # Small synthetic images keep generation cheap; the seed profile upsamples them to 300 anyway.
 IMAGE_SIZE = 112
 LAST_CONV = "last_conv"
@@ -59,6 +62,8 @@ class DemoResult:
     held_out_accuracy: float
     seconds: float
     size_bytes: int
+    # The threshold of the OOD reference written beside the model (inference.ood); None: none written.
+    ood_threshold: float | None = None
 
 
 def synthetic_radiographs(*, body_part: str, abnormal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -195,7 +200,8 @@ def manifest_text(*, body_parts: list[str]) -> str:
             f'name = "demo-{body_part.removeprefix("XR_").lower()}"\n'
             f'preprocessing = "{DEMO_PREPROCESSING}"\n'
             f"labels = [{labels}]\n"
-            "threshold = 0.5\n"
+            f"threshold = {DEMO_THRESHOLD}\n"
+            f"indeterminate = [{DEMO_INDETERMINATE[0]}, {DEMO_INDETERMINATE[1]}]\n"
             "demo = true\n"
         )
     return "".join(entries)
@@ -208,14 +214,18 @@ def build_demo_models(
     seed: int = 0,
     train_count: int = 320,
     epochs: int = 6,
+    ood_reference_dir: Path | None = None,
 ) -> list[DemoResult]:
     """Train and save the demo models and their ``models.toml`` in ``out_dir``.
 
     Every file is written to a temporary name in ``out_dir`` and moved into place, the manifest
-    last, so a reader never sees a half-written file and a rerun replaces a previous build.
+    last, so a reader never sees a half-written file and a rerun replaces a previous build. Each
+    model's OOD reference (``ood/<sha256>.npz``) is fitted on ``ood_reference_dir`` (default: the
+    shared upper-limb radiographs; none when they cannot be found).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    reference_images = _ood_reference_images(ood_reference_dir)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".building-") as staging:
         staging_dir = Path(staging)
         for offset, body_part in enumerate(body_parts):
@@ -227,6 +237,9 @@ def build_demo_models(
             model.save(staged)
             final = out_dir / staged.name
             os.replace(staged, final)
+            ood_threshold = _write_ood_reference(
+                model=model, body_part=body_part, path=final, out_dir=out_dir, images=reference_images
+            )
             results.append(
                 DemoResult(
                     body_part=body_part,
@@ -234,9 +247,52 @@ def build_demo_models(
                     held_out_accuracy=accuracy,
                     seconds=time.perf_counter() - started,
                     size_bytes=final.stat().st_size,
+                    ood_threshold=ood_threshold,
                 )
             )
         staged_manifest = staging_dir / MANIFEST_NAME
         staged_manifest.write_text(manifest_text(body_parts=list(body_parts)), encoding="utf-8")
         os.replace(staged_manifest, out_dir / MANIFEST_NAME)
     return results
+
+
+def _ood_reference_images(directory: Path | None) -> tuple[list[DecodedImage], list[str], str] | None:
+    """The reference images (decoded once for every body part), their names and their folder."""
+    from inference.ood_samples import decode_reference, upper_limb_paths
+    from inference.shared_data import SharedDataNotFound, locate_shared_data
+
+    if directory is None:
+        try:
+            directory = locate_shared_data()
+        except SharedDataNotFound:
+            return None  # the demo models then say "no OOD reference" with every result
+        paths = upper_limb_paths(directory)
+    else:
+        from inference.ood_samples import image_files
+
+        paths = image_files(directory)
+    images, names, _ = decode_reference(paths, root=directory)
+    return (images, names, str(directory)) if len(images) >= 3 else None
+
+
+def _write_ood_reference(
+    *, model: keras.Model, body_part: str, path: Path, out_dir: Path, images: tuple | None
+) -> float | None:
+    import dataclasses
+
+    from inference.ood import fit_model_reference, write_reference
+    from inference.predictor import spec_for_plain_model
+    from inference.registry import LoadedModel, file_sha256
+
+    if images is None:
+        return None
+    decoded, names, source = images
+    spec = dataclasses.replace(
+        spec_for_plain_model(model=model, preprocessing=DEMO_PREPROCESSING),
+        body_part=body_part,
+        name=f"demo-{body_part.removeprefix('XR_').lower()}",
+    )
+    loaded = LoadedModel(spec=spec, model=model, version=file_sha256(path=path))
+    reference = fit_model_reference(loaded=loaded, images=decoded, names=names, source=source)
+    write_reference(model_dir=out_dir, reference=reference)
+    return reference.threshold

@@ -21,7 +21,17 @@ from tomlkit.items import Item, Table
 from inference.registry import MANIFEST_NAME, ManifestError
 
 # Key order of a newly written entry: as in the design's example and the shipped models.toml.
-ENTRY_KEYS = ("file", "name", "preprocessing", "labels", "output", "threshold", "sha256", "demo")
+ENTRY_KEYS = (
+    "file",
+    "name",
+    "preprocessing",
+    "labels",
+    "output",
+    "threshold",
+    "indeterminate",
+    "sha256",
+    "demo",
+)
 NEW_MANIFEST_HEADER = (
     "Body part -> model file (relative to this folder), written by `manage.py install_model`.",
     "Edit freely: the command keeps other entries and comments.",

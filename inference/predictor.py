@@ -32,6 +32,7 @@ from inference.onnx_runtime import (
     OnnxRuntimeError,
     load_onnx_model,
 )
+from inference.ood import pooled_features
 from inference.preprocessing import DEFAULT_SIZE, build_batch, get_profile
 from inference.registry import ABNORMAL, LoadedModel, ModelSpec
 
@@ -50,7 +51,7 @@ class ImagePrediction:
 class StudyPrediction:
     images: list[ImagePrediction]
     abnormal_probability: float  # mean of the images' P(abnormal), as in the MURA paper
-    label: str
+    label: str  # abnormal, normal, or indeterminate (inside the model's band)
     threshold: float
     model_name: str
     model_version: str
@@ -61,12 +62,16 @@ class StudyPrediction:
     runtime: str = RUNTIME_KERAS
     # False where Grad-CAM cannot run: a model served from its ONNX file, or one with no 4-D layer.
     heatmaps_available: bool = True
+    indeterminate: tuple[float, float] | None = None  # the model's band, None: no band
 
 
 @dataclass(frozen=True)
 class BatchResult:
     probabilities: np.ndarray  # P(abnormal) per image
     heatmaps: np.ndarray | None  # (N, h, w) Grad-CAM maps in [0, 1], when asked for and computed
+    # (N, 2C) the Grad-CAM layer's feature maps pooled (inference.ood.pooled_features), from the same
+    # forward pass; None where the model is not cut there (an ONNX file, a model with no 4-D layer).
+    features: np.ndarray | None = None
 
 
 _compiled: weakref.WeakKeyDictionary[keras.Model, Callable[[tf.Tensor], tf.Tensor]] = (
@@ -233,6 +238,7 @@ class Predictor:
         heatmaps = heatmaps and self.heatmaps_available
         probabilities = np.empty(len(batch), dtype=np.float64)
         feature_chunks: list[np.ndarray] = []
+        pooled_chunks: list[np.ndarray] = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start : start + self.batch_size]
             padded = np.zeros((_padded_size(len(chunk), self.batch_size), *chunk.shape[1:]), np.float32)
@@ -241,12 +247,19 @@ class Predictor:
             probabilities[start : start + len(chunk)] = self.loaded.spec.abnormal_probabilities(
                 outputs[: len(chunk)]
             )
+            if feature_maps is not None:
+                pooled_chunks.append(pooled_features(feature_maps[: len(chunk)]))
             if heatmaps and feature_maps is not None:
                 feature_chunks.append(feature_maps[: len(chunk)])
         return BatchResult(
             probabilities=probabilities,
             heatmaps=self._heatmaps(batch=batch, feature_chunks=feature_chunks) if heatmaps else None,
+            features=np.concatenate(pooled_chunks) if pooled_chunks and len(batch) else None,
         )
+
+    def pooled_features(self, images: Sequence[DecodedImage]) -> np.ndarray | None:
+        """The pooled Grad-CAM-layer features (N, 2C) of images, or None for a model that gives none."""
+        return self.run(self.preprocess(images), heatmaps=False).features
 
     def _heatmaps(self, *, batch: np.ndarray, feature_chunks: list[np.ndarray]) -> np.ndarray | None:
         target = {"class_index": self.loaded.spec.abnormal_index, "sign": self.loaded.spec.abnormal_sign}
@@ -261,7 +274,7 @@ class Predictor:
             return None
 
     def predict(self, images: Sequence[DecodedImage]) -> StudyPrediction:
-        """Predict one study: per-image P(abnormal), their mean, and the label at the threshold."""
+        """Predict one study: per-image P(abnormal), their mean, and the tier by threshold and band."""
         if not images:
             raise ValueError("a study prediction needs at least one image")
         return self.predict_studies([images])[0]
@@ -293,9 +306,6 @@ class Predictor:
             )
         return predictions
 
-    def _label(self, probability: float) -> str:
-        return ABNORMAL if probability >= self.loaded.spec.threshold else "normal"
-
     def _study(
         self, *, probabilities: np.ndarray, preprocess_ms: float, inference_ms: float
     ) -> StudyPrediction:
@@ -303,11 +313,11 @@ class Predictor:
         mean = float(np.mean(probabilities))
         return StudyPrediction(
             images=[
-                ImagePrediction(abnormal_probability=float(p), label=self._label(float(p)))
+                ImagePrediction(abnormal_probability=float(p), label=spec.label_for(float(p)))
                 for p in probabilities
             ],
             abnormal_probability=mean,
-            label=self._label(mean),
+            label=spec.label_for(mean),
             threshold=spec.threshold,
             model_name=spec.name,
             model_version=self.loaded.version,
@@ -317,4 +327,5 @@ class Predictor:
             inference_ms=inference_ms,
             runtime=self.runtime,
             heatmaps_available=self.heatmaps_available,
+            indeterminate=spec.indeterminate,
         )

@@ -25,6 +25,9 @@ from inference.onnx_runtime import OnnxClassifier
 MANIFEST_NAME = "models.toml"
 ABNORMAL = "abnormal"
 NORMAL = "normal"
+# The third result tier: P(abnormal) inside the model's indeterminate band (manifest key
+# ``indeterminate = [low, high]``). The model makes no call; a radiologist decides.
+INDETERMINATE = "indeterminate"
 # What the model's outputs are (the manifest's ``output`` key).
 SOFTMAX = "softmax"  # one output per label, in the order of ``labels``
 SIGMOID = "sigmoid"  # one output: P(labels[0]), which is "abnormal" or "normal"
@@ -55,6 +58,12 @@ class ModelSpec:
     sha256: str | None
     demo: bool
     output: str = SOFTMAX
+    # (low, high) with low <= threshold <= high, or None: no band, results are abnormal or normal.
+    indeterminate: tuple[float, float] | None = None
+
+    def label_for(self, probability: float) -> str:
+        """The result tier of one P(abnormal) under this model's threshold and band."""
+        return result_label(probability, threshold=self.threshold, indeterminate=self.indeterminate)
 
     @property
     def abnormal_index(self) -> int:
@@ -86,6 +95,21 @@ class ModelSpec:
             )
         probabilities = outputs[:, self.abnormal_index]
         return 1.0 - probabilities if self.abnormal_sign < 0 else probabilities
+
+
+def result_label(probability: float, *, threshold: float, indeterminate: tuple[float, float] | None) -> str:
+    """``abnormal`` at or above the band's top (the threshold when there is no band), ``normal``
+    below its bottom, ``indeterminate`` in between: low <= P < high.
+
+    ``studies.services.predictions`` applies the same rule to a study's mean (the web side does not
+    import inference); tests/studies/test_result_tiers.py checks that the two agree at every edge.
+    """
+    if indeterminate is None:
+        return ABNORMAL if probability >= threshold else NORMAL
+    low, high = indeterminate
+    if probability >= high:
+        return ABNORMAL
+    return NORMAL if probability < low else INDETERMINATE
 
 
 @dataclass(frozen=True)
@@ -123,6 +147,7 @@ def _parse_entry(manifest_path: Path, body_part: str, entry: object) -> ModelSpe
         "sha256",
         "demo",
         "output",
+        "indeterminate",
     }
     if unknown_keys:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown_keys)}")
@@ -141,6 +166,7 @@ def _parse_entry(manifest_path: Path, body_part: str, entry: object) -> ModelSpe
     _check_labels(where, labels, output=output)
     if not 0.0 <= threshold <= 1.0:
         raise ManifestError(f"{where}: threshold {threshold} is outside [0, 1]")
+    indeterminate = _indeterminate_band(where, entry.get("indeterminate"), threshold=threshold)
     sha256 = entry.get("sha256")
     if sha256 is not None and (len(str(sha256)) != 64 or not _is_hex(str(sha256))):
         raise ManifestError(f"{where}: sha256 must be 64 hex digits")
@@ -155,7 +181,37 @@ def _parse_entry(manifest_path: Path, body_part: str, entry: object) -> ModelSpe
         sha256=str(sha256).lower() if sha256 is not None else None,
         demo=bool(entry.get("demo", False)),
         output=output,
+        indeterminate=indeterminate,
     )
+
+
+def _indeterminate_band(where: str, value: object, *, threshold: float) -> tuple[float, float] | None:
+    """``indeterminate = [low, high]``: 0 <= low < high <= 1 and low <= threshold <= high; absent: None."""
+    if value is None:
+        return None
+    example = "e.g. indeterminate = [0.35, 0.65]"
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(bound, int | float) and not isinstance(bound, bool) for bound in value)
+    ):
+        raise ManifestError(
+            f"{where}: indeterminate must be two numbers [low, high] ({example}), not {value!r}"
+        )
+    low, high = (float(bound) for bound in value)
+    if not 0.0 <= low <= 1.0 or not 0.0 <= high <= 1.0:
+        raise ManifestError(f"{where}: indeterminate [{low:g}, {high:g}] must lie within [0, 1]")
+    if low >= high:
+        raise ManifestError(
+            f"{where}: indeterminate [{low:g}, {high:g}] needs low < high; "
+            "leave the key out for a result without an indeterminate band"
+        )
+    if not low <= threshold <= high:
+        raise ManifestError(
+            f"{where}: indeterminate [{low:g}, {high:g}] must contain the threshold {threshold:g} "
+            "(low <= threshold <= high)"
+        )
+    return low, high
 
 
 def _labels(entry: dict, *, output: str) -> tuple[str, ...]:

@@ -23,7 +23,9 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from inference.decoding import DecodedImage, DecodeError, decode_image
 from inference.model_card import ModelCardError, read_card
-from studies.models import BodyPart, Label, Radiograph
+from inference.worker import WorkerStopping, current_worker_id, job_running, wait_for_warm_up
+from studies.models import BodyPart, Radiograph
+from studies.selectors_workers import alive_since
 from studies.services.model_versions import model_version_record
 from studies.services.predictions import (
     ImageOutcome,
@@ -31,17 +33,21 @@ from studies.services.predictions import (
     predictions_record,
     radiographs_claim,
     radiographs_fail,
+    radiographs_hand_back,
     radiographs_mark_dispatched,
     radiographs_mark_unsupported,
     radiographs_release,
     radiographs_requeue_stale,
 )
+from studies.services.workers import inference_workers_forget
 
 logger = logging.getLogger(__name__)
 
 # An image claimed this many times without finishing keeps killing its worker: fail it.
 MAX_ATTEMPTS = 3
 MAX_RETRIES = 5
+# Rows of workers that stopped beating are kept this long (for /healthz and the admin), then deleted.
+WORKER_ROWS_KEPT = timedelta(days=1)
 # Errors that go away by themselves: the database restarting, a network volume hiccup.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, OSError)
 # Publishing must not hold an upload request hostage when the broker is down: one quick
@@ -52,6 +58,19 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 
 def inspect_upload(data: bytes) -> DecodedImage:
     """Decode an upload to check it is a readable radiograph; raises DecodeError if not."""
     return decode_image(data, max_pixels=settings.MSKDETECT_MAX_PIXELS)
+
+
+def screen_upload(data: bytes) -> DecodedImage:
+    """Decode an upload and check that its pixels look like a radiograph; raises DecodeError if not.
+
+    `inspect_upload` plus inference.image_content: a colour photograph, a screenshot or text is
+    refused (NotARadiograph) before anything is stored.
+    """
+    from inference.image_content import check_radiograph_content
+
+    decoded = inspect_upload(data)
+    check_radiograph_content(decoded.pixels)
+    return decoded
 
 
 def display_pixels(data: bytes) -> np.ndarray:
@@ -110,17 +129,30 @@ def predict_images(self, image_ids: list[int]) -> None:
     Safe to deliver twice: images are claimed under a row lock, and an image that is no
     longer pending is skipped. A re-delivery of this same message (its pool child was killed)
     takes back the images its earlier run had claimed, without waiting for the claim to expire.
+    When the worker is being stopped (SIGTERM), the job hands its claims back and sends them again.
     """
+    try:
+        with job_running():
+            _claim_and_predict(task=self, image_ids=image_ids)
+    except WorkerStopping:
+        handed = hand_back_claims(task_id=self.request.id or "")
+        logger.info("Worker stopping: handed back %d image(s) for the next worker", handed)
+
+
+def _claim_and_predict(*, task, image_ids: list[int]) -> None:
+    now = timezone.now()
     try:
         claimed = radiographs_claim(
             image_ids=image_ids,
-            claimed_before=timezone.now() - _claim_expiry(),
+            claimed_before=now - _claim_expiry(),
             max_attempts=MAX_ATTEMPTS,
             # None when the task is called directly (not through a broker): no re-delivery then.
-            task_id=self.request.id or "",
+            task_id=task.request.id or "",
+            worker_id=current_worker_id(),
+            alive_since=alive_since(now),
         )
     except (OperationalError, InterfaceError) as exc:
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
     batches = list(claimed.values())
     for position, images in enumerate(batches):
         try:
@@ -134,7 +166,7 @@ def predict_images(self, image_ids: list[int]) -> None:
             return
         except TRANSIENT_ERRORS as exc:
             remaining = [image.id for batch in batches[position:] for image in batch]
-            _retry_or_fail(task=self, image_ids=remaining, exc=exc)
+            _retry_or_fail(task=task, image_ids=remaining, exc=exc)
             return  # the retry (or the failure just recorded) covers every remaining study
         except Exception as exc:
             # A bug or an input the model cannot take must not leave images `processing`
@@ -160,7 +192,10 @@ def _retry_or_fail(*, task, image_ids: list[int], exc: Exception) -> None:
 
 
 def _predict_study(*, images: list[Radiograph]) -> None:
-    # TensorFlow loads here, in the worker's child process, on the first job only.
+    # TensorFlow loads here, in the worker's child process, on the first job only (or in the
+    # background warm-up that the child started: wait for it rather than race its imports).
+    wait_for_warm_up()
+    from inference.ood import ood_reason
     from inference.predictor import Predictor
     from inference.registry import ModelLoadError, UnsupportedBodyPart, get_registry
 
@@ -208,6 +243,9 @@ def _predict_study(*, images: list[Radiograph]) -> None:
     result = predictor.run(batch, heatmaps=True)
     finished = time.perf_counter()
     overlays = _heatmap_overlays(spec=spec, heatmaps=result.heatmaps, decoded=decoded)
+    # From the same forward pass: the pooled feature maps, compared with the version's OOD reference.
+    ood = _ood_results(model_dir=registry.model_dir, version=loaded.version, result=result, decoded=decoded)
+    body_part_name = BodyPart(spec.body_part).label if spec.body_part in BodyPart.values else spec.body_part
     # Recorded before the predictions, so every stored version has its record (idempotent upsert).
     model_version_record(
         version=loaded.version,
@@ -224,6 +262,7 @@ def _predict_study(*, images: list[Radiograph]) -> None:
             body_part=spec.body_part,
             model_version=loaded.version,
             threshold=spec.threshold,
+            indeterminate=spec.indeterminate,
             demo=spec.demo,
             preprocessing=spec.preprocessing,
             preprocess_ms=(preprocessed - started) * 1000 / len(decoded),
@@ -233,12 +272,47 @@ def _predict_study(*, images: list[Radiograph]) -> None:
             ImageOutcome(
                 radiograph_id=image.id,
                 abnormal_probability=float(probability),
-                label=Label.ABNORMAL if probability >= spec.threshold else Label.NORMAL,
+                label=spec.label_for(float(probability)),
                 heatmap_png=overlay,
+                heatmap_note=_no_heatmap_note(predictor=predictor, name=spec.name) if overlay is None else "",
+                ood_score=assessment.score,
+                ood_threshold=assessment.threshold,
+                ood_note=assessment.note,
+                needs_human_read=(
+                    ood_reason(
+                        score=assessment.score, threshold=assessment.threshold, body_part=body_part_name
+                    )
+                    if assessment.out_of_distribution
+                    else ""
+                ),
             )
-            for image, probability, overlay in zip(readable, result.probabilities, overlays, strict=True)
+            for image, probability, overlay, assessment in zip(
+                readable, result.probabilities, overlays, ood, strict=True
+            )
         ],
     )
+
+
+def _ood_results(*, model_dir: Path, version: str, result, decoded: list[DecodedImage]) -> list:
+    from inference.ood import OodReferenceError, assess_images, read_reference
+
+    try:
+        reference = read_reference(model_dir=model_dir, version=version)
+        return assess_images(reference=reference, features=result.features, images=decoded)
+    except OodReferenceError as exc:
+        # A broken or mismatched reference must not stop predictions: they are stored unscored.
+        logger.warning("OOD score not computed: %s", exc)
+        note = f"OOD score not computed: {exc}"
+    except Exception:  # the score is a safeguard on the result, never a reason to lose it
+        logger.exception("OOD score failed for model version %s", version)
+        note = "OOD score not computed: it failed on this worker (see the worker's log)"
+    return assess_images(reference=None, features=None, images=decoded, note=note[:200])
+
+
+def _no_heatmap_note(*, predictor, name: str) -> str:
+    if not predictor.heatmaps_available:
+        return f"No heat map: {name} is an opaque graph (ONNX or SavedModel) that Grad-CAM cannot look into."
+    return "No heat map: Grad-CAM failed for this image; the probability stands."
 
 
 def _validation_card(*, model_dir: Path, version: str) -> dict | None:
@@ -273,14 +347,31 @@ def redispatch_stale_images() -> int:
     stale = radiographs_requeue_stale(
         queued_before=now - timedelta(seconds=settings.MSKDETECT_REDISPATCH_AFTER_SECONDS),
         claimed_before=now - _claim_expiry(),
+        alive_since=alive_since(now),
     )
+    sent = _publish_by_study(stale)
+    if stale:
+        logger.info("Re-dispatched %d of %d stale image(s)", sent, len(stale))
+    inference_workers_forget(silent_before=now - WORKER_ROWS_KEPT)
+    return sent
+
+
+def hand_back_claims(*, task_id: str = "", worker_id: str = "") -> int:
+    """Give back the claims of a task (or of a whole worker) that is stopping, and send them again.
+
+    What cannot be sent now (broker down) stays queued for the re-dispatch. Returns the count.
+    """
+    handed = radiographs_hand_back(task_id=task_id, worker_id=worker_id)
+    _publish_by_study(handed)
+    return len(handed)
+
+
+def _publish_by_study(images: list[tuple[int, int]]) -> int:
     by_study: dict[int, list[int]] = {}
-    for image_id, study_id in stale:
+    for image_id, study_id in images:
         by_study.setdefault(study_id, []).append(image_id)
     sent = 0
     for ids in by_study.values():
         if publish_images(image_ids=ids):
             sent += len(ids)
-    if stale:
-        logger.info("Re-dispatched %d of %d stale image(s)", sent, len(stale))
     return sent

@@ -26,3 +26,7 @@ def _make_data_folders(sender: Celery, **kwargs) -> None:
         folders.append(Path(sender.conf.beat_schedule_filename).parent)
     for folder in folders:
         Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+# Worker liveness: heartbeat, recovery at start, hand-back at stop (Celery signal handlers).
+import inference.worker  # noqa: E402, F401

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # `make run`: migrate, create the demo users, pick the models (real weights when present,
 # generated demo models otherwise), then run the web server and a real Celery worker (with
-# embedded beat) in the foreground. Ctrl-C stops both.
+# embedded beat) in the foreground. Ctrl-C stops both, quietly: a job in progress is handed back
+# and resumes when the worker next starts.
+#   HOST (default 127.0.0.1; 0.0.0.0 to be reachable from other machines), PORT (default 8000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
+HOST="${HOST:-127.0.0.1}"
+PORT="${PORT:-8000}"
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-mskdetect.settings.local}"
 export PYTHONUNBUFFERED=1
+# TensorFlow's C++ notes (oneDNN, no CUDA driver) say nothing a user of `make run` can act on.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Lines TensorFlow's C++ logging writes to stderr before Python's logging is set up: INFO and
+# WARNING lines, and the CUDA probe's "failed call to cuInit" on a machine without a GPU driver.
+TF_NOISE='^(WARNING: All log messages before absl::InitializeLog|[IW][0-9]{4} [0-9:.]+ +[0-9]+ |E[0-9]{4} .*(cuInit|cuda_|cudart))'
+quiet_tf() { grep --line-buffered -v -E "$TF_NOISE" >&2 || true; }
 mkdir -p var
 
 "$PY" manage.py migrate --noinput
@@ -34,7 +44,7 @@ if [ -z "${MSKDETECT_MODEL_DIR:-}" ]; then
     export MSKDETECT_MODEL_DIR=models/demo
     if [ ! -f models/demo/models.toml ]; then
       echo "No real weights in models/: building the demo models (once, about a minute)..."
-      "$PY" manage.py build_demo_models --out models/demo
+      "$PY" manage.py build_demo_models --out models/demo 2> >(quiet_tf)
     fi
   fi
 fi
@@ -62,7 +72,11 @@ set -m
 pids=()
 stop_all() {
   trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  echo "Stopping the web server and the worker..."
+  # runserver: its whole group (the autoreloader's child). The worker: its main process only,
+  # which stops its pool child and beat itself and hands back a job in progress.
+  kill -TERM -- "-${pids[0]}" 2>/dev/null || true
+  kill -TERM "${pids[1]}" 2>/dev/null || true
   for _ in $(seq 20); do
     alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -73,11 +87,16 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
-"$PY" manage.py runserver 0.0.0.0:8000 &
+"$PY" manage.py runserver "$HOST:$PORT" &
 pids+=($!)
-.venv/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO &
+.venv/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO 2> >(quiet_tf) &
 pids+=($!)
 
-echo "MSK-Detect: http://127.0.0.1:8000/  (Ctrl-C stops the web server and the worker)"
+case "$HOST" in
+  0.0.0.0 | "::") where="http://127.0.0.1:$PORT/ (listening on all interfaces, port $PORT)" ;;
+  *:*) where="http://[$HOST]:$PORT/" ;;
+  *) where="http://$HOST:$PORT/" ;;
+esac
+echo "MSK-Detect: $where  (Ctrl-C stops the web server and the worker)"
 # When either one exits, stop the other.
 wait -n || true

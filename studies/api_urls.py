@@ -11,6 +11,7 @@ urlpatterns = [
     path("studies/<int:pk>/", apis.StudyDetailApi.as_view(), name="study-detail"),
     path("studies/<int:pk>/images/", apis.StudyImagesApi.as_view(), name="study-images"),
     path("studies/<int:pk>/reviews/", apis.StudyReviewsApi.as_view(), name="study-reviews"),
+    path("studies/<int:pk>/complete/", apis.StudyCompleteApi.as_view(), name="study-complete"),
     path("images/<int:pk>/", apis.ImageDetailApi.as_view(), name="image-detail"),
     path("images/<int:pk>/file", apis.ImageFileApi.as_view(), name="image-file"),
     path("images/<int:pk>/heatmap", apis.ImageHeatmapApi.as_view(), name="image-heatmap"),

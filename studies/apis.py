@@ -47,8 +47,10 @@ from studies.serializers import (
     StudyListOutputSerializer,
     TokenInputSerializer,
     TokenOutputSerializer,
+    UploadConfirmInputSerializer,
     UploadInputSerializer,
     UploadOutputSerializer,
+    confirmed_mismatch_data,
 )
 
 LOCKED_OUT_MESSAGE = "Too many failed login attempts for this account; try again later."
@@ -169,6 +171,7 @@ class StudyListCreateApi(ApiView):
             accession_number=data["accession_number"],
             body_part=data["body_part"],
             study_date=data["study_date"],
+            expected_images=data["expected_images"],
             actor=request.user,
             ip=request_ip(request),
         )
@@ -195,11 +198,36 @@ class StudyImagesApi(ApiView):
     )
     def post(self, request: Request, pk: int) -> Response:
         study = selectors.study_get(user=request.user, study_id=pk)
-        images = services.radiographs_add(
-            study=study, files=request.FILES.getlist("file"), actor=request.user, ip=request_ip(request)
+        # The plain values, not the QueryDict with the files: only the confirmation is validated here.
+        fields = ("confirm_mismatch", "mismatch_reason")
+        confirmation = UploadConfirmInputSerializer(
+            data={key: request.data[key] for key in fields if key in request.data}
         )
-        body = {"images": [{"id": image.pk, "status": image.status} for image in images]}
+        confirmation.is_valid(raise_exception=True)
+        images = services.radiographs_add(
+            study=study,
+            files=request.FILES.getlist("file"),
+            actor=request.user,
+            ip=request_ip(request),
+            **confirmation.validated_data,
+        )
+        body = {
+            "images": [
+                {"id": image.pk, "status": image.status, "confirmed_mismatch": confirmed_mismatch_data(image)}
+                for image in images
+            ]
+        }
         return Response(UploadOutputSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class StudyCompleteApi(ApiView):
+    @extend_schema(request=None, responses={200: StudyDetailOutputSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        """Staff say no more files will come: the study stops reporting missing files (409 if none are)."""
+        study = selectors.study_get(user=request.user, study_id=pk)
+        services.study_mark_complete(study=study, actor=request.user, ip=request_ip(request))
+        study = selectors.study_detail(user=request.user, study_id=pk)
+        return Response(StudyDetailOutputSerializer(study, context={"request": request}).data)
 
 
 class StudyReviewsApi(ApiView):

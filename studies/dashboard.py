@@ -11,6 +11,13 @@ A warning is raised when the recent rate is more than `DRIFT_Z` standard errors 
 long-run rate, and both the window and the long run hold at least `DRIFT_MIN_STUDIES` studies
 (fewer is too noisy to mean anything). A long-run rate of exactly 0 or 1 would give a zero
 standard error, so p is kept at least half a study away from 0 and 1.
+
+Result tiers: each result is abnormal, normal or indeterminate (inside the model's band: no call).
+Per tier, how often it occurs (share of the group's results) and how radiologists ruled on the
+studies the model put in that tier when they reviewed them: for abnormal and normal, the share they
+confirmed; for indeterminate, the share they ruled abnormal and normal. Every figure comes with
+the number of studies behind it. Indeterminate results are not calls, so they are left out of the
+confusion matrix, kappa, sensitivity and specificity, which measure the model's calls.
 """
 
 import math
@@ -20,6 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 POSITIVE = "abnormal"
+NEGATIVE = "normal"
+INDETERMINATE = "indeterminate"
+TIERS = (POSITIVE, INDETERMINATE, NEGATIVE)  # the dashboard's column order
 DRIFT_WINDOW_DAYS = 7
 DRIFT_Z = 2.0
 DRIFT_MIN_STUDIES = 10
@@ -73,6 +83,69 @@ class ReviewRecord:
     final_label: str
 
 
+@dataclass(frozen=True)
+class TierFigures:
+    """How often one result tier occurs in a group, and how radiologists ruled on it."""
+
+    tier: str
+    studies: int  # results in this tier
+    total: int  # results in the group
+    reviewed: int  # rulings on studies the model had put in this tier
+    ruled_abnormal: int
+    ruled_normal: int
+
+    @property
+    def share(self) -> float | None:
+        return self.studies / self.total if self.total else None
+
+    @property
+    def confirmed(self) -> int | None:
+        """Rulings that agree with the tier; None for indeterminate (there was no call to agree with)."""
+        if self.tier == POSITIVE:
+            return self.ruled_abnormal
+        if self.tier == NEGATIVE:
+            return self.ruled_normal
+        return None
+
+    @property
+    def agreement(self) -> float | None:
+        """The share of rulings that confirmed the tier; None without rulings or for indeterminate."""
+        confirmed = self.confirmed
+        return confirmed / self.reviewed if confirmed is not None and self.reviewed else None
+
+    @property
+    def ruled_abnormal_rate(self) -> float | None:
+        return self.ruled_abnormal / self.reviewed if self.reviewed else None
+
+    @property
+    def ruled_normal_rate(self) -> float | None:
+        return self.ruled_normal / self.reviewed if self.reviewed else None
+
+
+def tier_figures(*, labels: Iterable[str], pairs: Iterable[tuple[str, str]]) -> list[TierFigures]:
+    """Per tier (abnormal, indeterminate, normal): from the results' labels and (model label at
+    review, final label) pairs."""
+    labels = list(labels)
+    occurrences = {tier: 0 for tier in TIERS}
+    for label in labels:
+        occurrences[label] = occurrences.get(label, 0) + 1
+    rulings = {tier: [0, 0] for tier in TIERS}  # [ruled abnormal, ruled normal]
+    for model_label, final_label in pairs:
+        counts = rulings.setdefault(model_label, [0, 0])
+        counts[0 if final_label == POSITIVE else 1] += 1
+    return [
+        TierFigures(
+            tier=tier,
+            studies=occurrences[tier],
+            total=len(labels),
+            reviewed=sum(rulings[tier]),
+            ruled_abnormal=rulings[tier][0],
+            ruled_normal=rulings[tier][1],
+        )
+        for tier in TIERS
+    ]
+
+
 @dataclass
 class GroupSummary:
     body_part: str
@@ -81,7 +154,9 @@ class GroupSummary:
     demo: bool = False
     studies: int = 0
     flagged: int = 0
-    reviewed: int = 0
+    reviewed: int = 0  # rulings, whatever the tier
+    calls_reviewed: int = 0  # rulings on abnormal or normal results: what the confusion matrix counts
+    tiers: list[TierFigures] = field(default_factory=list)
     confusion: ConfusionMatrix = field(default_factory=ConfusionMatrix)
     kappa: float | None = None
     sensitivity: float | None = None
@@ -173,12 +248,14 @@ def summarize(
     groups: dict[tuple[str, str], GroupSummary] = {}
     window_start = now - timedelta(days=DRIFT_WINDOW_DAYS)
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    labels: dict[tuple[str, str], list[str]] = defaultdict(list)
     for result in results:
         key = (result.body_part, result.model_version)
         group = groups.setdefault(key, GroupSummary(body_part=result.body_part, model_version=key[1]))
         group.model_name = result.model_name
         group.demo = group.demo or result.demo
         group.studies += 1
+        labels[key].append(result.label)
         is_flagged = result.label == POSITIVE
         group.flagged += is_flagged
         # counts: recent n, recent flagged, baseline n, baseline flagged
@@ -193,8 +270,11 @@ def summarize(
     for key in pairs:
         groups.setdefault(key, GroupSummary(body_part=key[0], model_version=key[1]))
     for key, group in groups.items():
-        matrix = confusion_matrix(pairs=pairs.get(key, []))
-        group.reviewed = matrix.total
+        group_pairs = pairs.get(key, [])
+        matrix = confusion_matrix(pairs=[pair for pair in group_pairs if pair[0] != INDETERMINATE])
+        group.reviewed = len(group_pairs)
+        group.calls_reviewed = matrix.total
+        group.tiers = tier_figures(labels=labels[key], pairs=group_pairs)
         group.confusion = matrix
         group.kappa = cohen_kappa(matrix=matrix)
         group.sensitivity = sensitivity(matrix=matrix)
@@ -207,3 +287,11 @@ def summarize(
             baseline_flagged=baseline_flagged,
         )
     return [groups[key] for key in sorted(groups)]
+
+
+def tier_totals(*, results: Sequence[ResultRecord], reviews: Sequence[ReviewRecord]) -> list[TierFigures]:
+    """The tier figures over every body part and model version together."""
+    return tier_figures(
+        labels=(result.label for result in results),
+        pairs=((review.model_label, review.final_label) for review in reviews),
+    )

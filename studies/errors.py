@@ -41,9 +41,17 @@ class NotFoundError(ApplicationError, Http404):
 
 
 class UploadRejected(ApplicationError):
-    """One or more uploaded files are unusable; nothing of the request was stored."""
+    """One or more uploaded files are unusable; nothing of the request was stored.
 
-    def __init__(self, reasons: dict[str, str]) -> None:
+    `mismatches` names the files refused only for header mismatches (file name → the mismatches
+    as dicts): the uploader may send them again with the mismatch confirmed and a reason.
+    """
+
+    def __init__(self, reasons: dict[str, str], mismatches: dict[str, list[dict]] | None = None) -> None:
         self.reasons = reasons
+        self.mismatches = mismatches or {}
         messages = [f"{name}: {reason}" for name, reason in reasons.items()]
-        super().__init__("; ".join(messages), extra={"file": messages})
+        extra: dict = {"file": messages}
+        if self.mismatches:
+            extra["mismatches"] = self.mismatches
+        super().__init__("; ".join(messages), extra=extra)

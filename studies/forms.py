@@ -112,6 +112,10 @@ class StudyNewForm(BootstrapMixin, forms.Form):
     study_date = forms.DateField(
         label="Study date", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
+    # Set by the page's script to the number of files chosen, so that a cut-off upload shows.
+    expected_images = forms.IntegerField(
+        required=False, min_value=1, max_value=10_000, widget=forms.HiddenInput
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -154,6 +158,8 @@ class ReviewForm(BootstrapMixin, forms.Form):
                 self.add_error("final_label", "Choose the final label for the override.")
             if not (data.get("comment") or "").strip():
                 self.add_error("comment", "An override needs a reason.")
+        elif data.get("decision") == ReviewDecision.RULE and not data.get("final_label"):
+            self.add_error("final_label", "Choose your reading: abnormal or normal.")
         return data
 
 
@@ -180,6 +186,26 @@ class MultipleFileField(forms.FileField):
 
 class UploadForm(BootstrapMixin, forms.Form):
     file = MultipleFileField(label="Radiographs (PNG, JPEG or DICOM)")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._style_fields()
+
+
+class MismatchConfirmForm(BootstrapMixin, forms.Form):
+    """Beside an upload: confirm that files whose DICOM header disagrees with the study are right."""
+
+    confirm_mismatch = forms.BooleanField(
+        label="The header differs from the study, and these files are right: upload them anyway",
+        required=False,
+    )
+    mismatch_reason = forms.CharField(
+        label="Why the files are right despite the mismatch",
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Required with the confirmation, e.g. the name was changed at registration.",
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -1,4 +1,5 @@
-"""`/healthz`: is the database reachable, the broker reachable, which models are installed.
+"""`/healthz`: is the database reachable, the broker reachable, which models are installed, and
+are inference workers alive to serve the images waiting.
 
 No authentication and no patient data. The models are checked from `models.toml` and the file
 system only (inference.registry imports Keras, and a health probe must not load TensorFlow).
@@ -17,11 +18,13 @@ from django.views.decorators.http import require_GET
 from kombu import Connection
 
 from studies.models import BodyPart
+from studies.selectors_workers import queue_figures
 
 logger = logging.getLogger(__name__)
 
 OK = "ok"
 ERROR = "error"
+DEGRADED = "degraded"
 BROKER_TIMEOUT_SECONDS = 2.0
 
 
@@ -87,7 +90,7 @@ def check_models(*, model_dir: Path | None = None) -> dict[str, Any]:
     configured = [part for part in body_parts.values() if part["configured"]]
     installed = [part for part in configured if part["installed"]]
     # Missing weights are not an outage: those body parts' images wait for a human read.
-    status = OK if configured and len(installed) == len(configured) else "degraded"
+    status = OK if configured and len(installed) == len(configured) else DEGRADED
     return {
         "status": status,
         "installed": len(installed),
@@ -96,16 +99,44 @@ def check_models(*, model_dir: Path | None = None) -> dict[str, Any]:
     }
 
 
+def check_workers() -> dict[str, Any]:
+    """Live inference workers (heartbeats) and the queue: `degraded` when images wait with no worker."""
+    try:
+        figures = queue_figures()
+    except Exception as exc:
+        logger.warning("Health check: worker figures unavailable: %s", exc)
+        return {"status": ERROR, "error": type(exc).__name__}
+    idle_queue = figures.live_workers == 0 and figures.waiting_images > 0
+    return {
+        "status": DEGRADED if idle_queue else OK,
+        "alive": figures.live_workers,
+        "waiting_images": figures.waiting_images,
+        "oldest_queued_seconds": figures.oldest_waiting_seconds,
+    }
+
+
 def health_report() -> dict[str, Any]:
-    """The whole report; `status` is ok when the database and the broker are."""
-    report = {"database": check_database(), "broker": check_broker(), "models": check_models()}
-    healthy = report["database"]["status"] == OK and report["broker"]["status"] == OK
-    return {"status": OK if healthy else ERROR, **report}
+    """The whole report; `status` is error when the database or the broker is down, degraded when
+    images wait and no inference worker is alive, else ok."""
+    report = {
+        "database": check_database(),
+        "broker": check_broker(),
+        "models": check_models(),
+        "workers": check_workers(),
+    }
+    if report["database"]["status"] != OK or report["broker"]["status"] != OK:
+        status = ERROR
+    elif report["workers"]["status"] != OK:
+        status = DEGRADED
+    else:
+        status = OK
+    return {"status": status, **report}
 
 
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and broker answer, 503 otherwise; the models section is informative."""
+    """503 when the database or broker does not answer; 200 otherwise, `degraded` included (the web
+    process itself serves: a load balancer must not drop it because the workers are down)."""
     report = health_report()
-    return JsonResponse(report, status=200 if report["status"] == OK else 503)
+    return JsonResponse(report, status=503 if report["status"] == ERROR else 200)

@@ -18,8 +18,46 @@ class BodyPart(models.TextChoices):
 
 
 class Label(models.TextChoices):
+    """A call on a study: what a radiologist's review decides (always one of the two)."""
+
     ABNORMAL = "abnormal", "Abnormal"
     NORMAL = "normal", "Normal"
+
+
+class ResultLabel(models.TextChoices):
+    """What the model says: a call, or "indeterminate" (P(abnormal) inside the model's band: no call)."""
+
+    ABNORMAL = "abnormal", "Abnormal"
+    NORMAL = "normal", "Normal"
+    INDETERMINATE = "indeterminate", "Indeterminate"
+
+
+class WorklistRank(models.IntegerChoices):
+    """The worklist's first sort key: flagged, then indeterminate awaiting a read, then the rest."""
+
+    OTHER = 0, "Other"
+    INDETERMINATE = 1, "Indeterminate, awaiting a radiologist's read"
+    FLAGGED = 2, "Flagged"
+
+
+def result_band_constraints(prefix: str) -> list[models.CheckConstraint]:
+    """A stored label is one of the three; a band is both bounds or neither, and holds the threshold."""
+    no_band = Q(indeterminate_low__isnull=True, indeterminate_high__isnull=True)
+    band = (
+        Q(indeterminate_low__gte=0)
+        & Q(indeterminate_low__lt=F("indeterminate_high"))
+        & Q(indeterminate_low__lte=F("threshold"))
+        & Q(indeterminate_high__gte=F("threshold"))
+        & Q(indeterminate_high__lte=1)
+    )
+    return [
+        models.CheckConstraint(condition=Q(label__in=ResultLabel.values), name=f"{prefix}_label_valid"),
+        models.CheckConstraint(condition=no_band | band, name=f"{prefix}_band_valid"),
+        models.CheckConstraint(
+            condition=~Q(label=ResultLabel.INDETERMINATE) | Q(indeterminate_low__isnull=False),
+            name=f"{prefix}_indeterminate_needs_band",
+        ),
+    ]
 
 
 class Sex(models.TextChoices):
@@ -36,6 +74,8 @@ class StudyStatus(models.TextChoices):
     PREDICTED = "predicted", "Predicted"
     FAILED = "failed", "Failed"
     UNSUPPORTED = "unsupported", "Unsupported"
+    # Every image was out of distribution for the model: no automatic result, a radiologist reads it.
+    NEEDS_HUMAN_READ = "needs_human_read", "Needs a human read"
     REVIEWED = "reviewed", "Reviewed"
 
 
@@ -45,6 +85,9 @@ class ImageStatus(models.TextChoices):
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
     UNSUPPORTED = "unsupported", "Unsupported"
+    # Predicted, but the image does not look like the radiographs the model knows (OOD score above
+    # the threshold of its reference): left out of the study's result, the reason is in `error`.
+    NEEDS_HUMAN_READ = "needs_human_read", "Needs a human read"
 
 
 class ImageFormat(models.TextChoices):
@@ -56,6 +99,8 @@ class ImageFormat(models.TextChoices):
 class ReviewDecision(models.TextChoices):
     CONFIRM = "confirm", "Confirm"
     OVERRIDE = "override", "Override"
+    # For an indeterminate result: the model made no call, so the radiologist's label is a ruling.
+    RULE = "rule", "Ruling"
 
 
 class Patient(models.Model):
@@ -96,8 +141,17 @@ class Study(models.Model):
     # The worklist's sort key, kept by studies.services.worklist in the same transactions that
     # change a result or add a review. Stored (not computed in the query) so that an index
     # serves the worklist page at any table size; -1 = no result yet.
-    worklist_flagged = models.BooleanField(default=False, editable=False)
+    worklist_rank = models.PositiveSmallIntegerField(
+        choices=WorklistRank.choices, default=WorklistRank.OTHER, editable=False
+    )
     worklist_probability = models.FloatField(default=-1.0, editable=False)
+    # How many files the uploader chose on the new-study page (null: not said). Until that many
+    # images arrive, or staff mark the study complete, the study shows "2 of 4 files received".
+    expected_images = models.PositiveIntegerField(null=True, blank=True)
+    marked_complete_at = models.DateTimeField(null=True, blank=True)
+    marked_complete_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -106,15 +160,19 @@ class Study(models.Model):
             models.CheckConstraint(condition=Q(body_part__in=BodyPart.values), name="study_body_part_valid"),
             models.CheckConstraint(condition=Q(status__in=StudyStatus.values), name="study_status_valid"),
             models.CheckConstraint(condition=~Q(accession_number=""), name="study_accession_not_blank"),
+            models.CheckConstraint(
+                condition=Q(expected_images__isnull=True) | Q(expected_images__gte=1),
+                name="study_expected_images_positive",
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "created_at"]),
             models.Index(
-                F("worklist_flagged").desc(),
+                F("worklist_rank").desc(),
                 F("worklist_probability").desc(),
                 "created_at",
                 "id",
-                name="study_worklist_order",
+                name="study_worklist_rank_order",
             ),
         ]
 
@@ -151,6 +209,19 @@ class Radiograph(models.Model):
     # The Celery task id holding the `processing` claim: a re-delivery of that same message
     # (its earlier run is gone) takes the claim back at once instead of waiting for it to expire.
     claimed_by = models.CharField(max_length=64, blank=True)
+    # The worker (InferenceWorker.worker_id) holding the `processing` claim: when that worker stops
+    # beating, the re-dispatch takes the claim back without waiting for the time limits.
+    claimed_worker = models.CharField(max_length=64, blank=True)
+    # The DICOM header as read at upload (empty for PNG and JPEG): a later file of the study is
+    # compared with it (studies.services.intake).
+    dicom_header = models.JSONField(default=dict, blank=True, editable=False)
+    # Header checks that failed and that the uploader confirmed anyway: a list of
+    # {"check", "label", "file_value", "study_value", "message"}; empty when nothing differed.
+    mismatches = models.JSONField(default=list, blank=True, editable=False)
+    mismatch_reason = models.TextField(blank=True)
+    mismatch_confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True
+    )
 
     class Meta:
         ordering = ["study_id", "id"]
@@ -160,6 +231,10 @@ class Radiograph(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(format__in=ImageFormat.values), name="radiograph_format_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(mismatch_confirmed_by__isnull=True) | ~Q(mismatch_reason=""),
+                name="radiograph_confirmed_mismatch_has_reason",
             ),
         ]
         indexes = [models.Index(fields=["status", "dispatched_at"])]
@@ -174,13 +249,23 @@ class Prediction(models.Model):
     body_part = models.CharField(max_length=16, choices=BodyPart.choices)
     model_version = models.CharField(max_length=64)
     abnormal_probability = models.FloatField()
-    label = models.CharField(max_length=8, choices=Label.choices)
+    label = models.CharField(max_length=16, choices=ResultLabel.choices)
     threshold = models.FloatField()
+    # The model's indeterminate band when it made this prediction; both null: it had none.
+    indeterminate_low = models.FloatField(null=True, blank=True)
+    indeterminate_high = models.FloatField(null=True, blank=True)
     demo = models.BooleanField(default=False)
     preprocessing = models.CharField(max_length=50)
     preprocess_ms = models.FloatField(default=0)
     inference_ms = models.FloatField(default=0)
     heatmap = models.FileField(upload_to=heatmap_upload_to, max_length=255, blank=True)
+    # Why there is no heat map, when there is none (an opaque ONNX/SavedModel graph, Grad-CAM failed).
+    heatmap_note = models.CharField(max_length=200, blank=True)
+    # Out-of-distribution score of the image for this model version (inference.ood) and the threshold
+    # of the version's reference; both null when not computed, and ood_note says why.
+    ood_score = models.FloatField(null=True, blank=True)
+    ood_threshold = models.FloatField(null=True, blank=True)
+    ood_note = models.CharField(max_length=200, blank=True)
     finished_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -194,6 +279,7 @@ class Prediction(models.Model):
                 name="prediction_probability_range",
             ),
             models.CheckConstraint(condition=~Q(model_version=""), name="prediction_has_version"),
+            *result_band_constraints("prediction"),
         ]
 
     def __str__(self) -> str:
@@ -205,8 +291,11 @@ class StudyResult(models.Model):
 
     study = models.OneToOneField(Study, on_delete=models.PROTECT, related_name="result")
     abnormal_probability = models.FloatField()
-    label = models.CharField(max_length=8, choices=Label.choices)
+    label = models.CharField(max_length=16, choices=ResultLabel.choices)
     threshold = models.FloatField()
+    # The model's indeterminate band: label is "indeterminate" for low <= P < high. Both null: no band.
+    indeterminate_low = models.FloatField(null=True, blank=True)
+    indeterminate_high = models.FloatField(null=True, blank=True)
     model_name = models.CharField(max_length=100)
     model_version = models.CharField(max_length=64)
     demo = models.BooleanField(default=False)
@@ -219,6 +308,7 @@ class StudyResult(models.Model):
                 name="study_result_probability_range",
             ),
             models.CheckConstraint(condition=~Q(model_version=""), name="study_result_has_version"),
+            *result_band_constraints("study_result"),
         ]
 
     def __str__(self) -> str:
@@ -235,7 +325,7 @@ class Review(models.Model):
     decision = models.CharField(max_length=8, choices=ReviewDecision.choices)
     final_label = models.CharField(max_length=8, choices=Label.choices)
     # What the model said when the radiologist ruled, so agreement can be measured later.
-    model_label = models.CharField(max_length=8, choices=Label.choices)
+    model_label = models.CharField(max_length=16, choices=ResultLabel.choices)
     model_version = models.CharField(max_length=64)
     comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -250,6 +340,16 @@ class Review(models.Model):
             models.CheckConstraint(
                 condition=~Q(decision="confirm") | Q(final_label=models.F("model_label")),
                 name="review_confirm_keeps_model_label",
+            ),
+            # A review always decides: abnormal or normal, whatever the model said.
+            models.CheckConstraint(
+                condition=Q(final_label__in=Label.values), name="review_final_label_binary"
+            ),
+            # An indeterminate result is ruled on, never confirmed or overridden; a call is never "ruled".
+            models.CheckConstraint(
+                condition=Q(decision="rule", model_label=ResultLabel.INDETERMINATE)
+                | (~Q(decision="rule") & ~Q(model_label=ResultLabel.INDETERMINATE)),
+                name="review_rule_iff_indeterminate",
             ),
         ]
 
@@ -318,3 +418,26 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_username or 'system'} {self.action}"
+
+
+class InferenceWorker(models.Model):
+    """One run of a Celery worker (its main process), alive while it keeps beating.
+
+    The worker writes `beat_at` every MSKDETECT_WORKER_HEARTBEAT_SECONDS; one that has not beaten
+    for MSKDETECT_WORKER_DEAD_AFTER_SECONDS, or that has `stopped_at`, is gone, and the images it
+    claimed are sent again. Bookkeeping, not clinical data: no audit events.
+    """
+
+    worker_id = models.CharField(max_length=64, unique=True)
+    nodename = models.CharField(max_length=255)  # celery@host
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-beat_at"]
+
+    def __str__(self) -> str:
+        return f"{self.nodename} pid {self.pid}"

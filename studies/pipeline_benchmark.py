@@ -184,6 +184,8 @@ def run_benchmark(
                 body = client.post(
                     f"/api/v1/studies/{study['id']}/images/",
                     files=[("file", (path.name, handle, "application/octet-stream"))],
+                    # Test files carry other patients' DICOM headers: the benchmark patient is made up.
+                    data={"confirm_mismatch": "true", "mismatch_reason": "pipeline benchmark, test images"},
                 )
             timing = ImageTiming(
                 study_id=study["id"],

@@ -6,10 +6,13 @@ are computed in the query. The one exception is the worklist's sort key, stored 
 studies.services.worklist so that an index serves the page at any table size.
 """
 
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import (
     BooleanField,
     Case,
+    Count,
     Exists,
     OuterRef,
     Prefetch,
@@ -19,15 +22,16 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.functions import Coalesce
 
 from studies.errors import NotFoundError
 from studies.models import (
     AuditEvent,
-    Label,
     ModelVersion,
     Patient,
     Prediction,
     Radiograph,
+    ResultLabel,
     Review,
     Study,
 )
@@ -42,10 +46,23 @@ def _version_card(version: str) -> Subquery:
     return Subquery(ModelVersion.objects.filter(version=OuterRef(version)).values("card")[:1])
 
 
+def _intake_counts() -> dict[str, Coalesce]:
+    # How many images arrived, and how many carry a confirmed header mismatch: subqueries in the
+    # same SELECT, so a worklist page costs the same number of queries with them as without.
+    def count(images: QuerySet[Radiograph]) -> Coalesce:
+        counted = images.filter(study=OuterRef("pk")).order_by().values("study").annotate(n=Count("id"))
+        return Coalesce(Subquery(counted.values("n")[:1]), Value(0))
+
+    return {
+        "images_received": count(Radiograph.objects.all()),
+        "mismatch_images": count(Radiograph.objects.exclude(mismatch_reason="")),
+    }
+
+
 def _annotated_studies(*, model_cards: bool = True) -> QuerySet[Study]:
     reviews = Review.objects.filter(study=OuterRef("pk"))
     latest_review = reviews.order_by("-created_at", "-id")
-    studies = Study.objects.all()
+    studies = Study.objects.annotate(**_intake_counts())
     if model_cards:
         studies = studies.annotate(result_card=_version_card("result__model_version"))
     return (
@@ -58,10 +75,16 @@ def _annotated_studies(*, model_cards: bool = True) -> QuerySet[Study]:
             # CASE, not a bare boolean expression: a study without a result must be False, not NULL,
             # or NULL would sort differently on SQLite and PostgreSQL.
             is_flagged=Case(
-                When(Q(result__label=Label.ABNORMAL) & Q(is_reviewed=False), then=Value(True)),
+                When(Q(result__label=ResultLabel.ABNORMAL) & Q(is_reviewed=False), then=Value(True)),
                 default=Value(False),
                 output_field=BooleanField(),
-            )
+            ),
+            # Indeterminate (no call) and nobody has ruled yet: never flagged, but next in line.
+            awaits_read=Case(
+                When(Q(result__label=ResultLabel.INDETERMINATE) & Q(is_reviewed=False), then=Value(True)),
+                default=Value(False),
+                output_field=BooleanField(),
+            ),
         )
     )
 
@@ -76,7 +99,8 @@ def worklist(
     patient_id: int | None = None,
     model_cards: bool = True,
 ) -> QuerySet[Study]:
-    """Studies in worklist priority: flagged-and-unreviewed first, then highest P(abnormal), then oldest.
+    """Studies in worklist priority: flagged-and-unreviewed first, then indeterminate results awaiting a
+    read, then (within each) highest P(abnormal), then oldest.
 
     `model_cards`: attach each result's validation card (for `result_card`); a page that shows
     no card can leave the cards out.
@@ -94,14 +118,15 @@ def worklist(
         studies = studies.filter(is_reviewed=reviewed)
     if patient_id is not None:
         studies = studies.filter(patient_id=patient_id)
-    # The stored sort key (studies.services.worklist) equals (is_flagged, P(abnormal) or -1) and
-    # lets the study_worklist_order index serve the page instead of a sort of the whole table.
-    return studies.order_by("-worklist_flagged", "-worklist_probability", "created_at", "id")
+    # The stored sort key (studies.services.worklist) equals (2 if is_flagged, 1 if awaits_read, else 0;
+    # P(abnormal) or -1) and lets the study_worklist_rank_order index serve the page instead of a sort
+    # of the whole table.
+    return studies.order_by("-worklist_rank", "-worklist_probability", "created_at", "id")
 
 
 def _images_with_predictions() -> QuerySet[Radiograph]:
     predictions = Prediction.objects.annotate(version_card=_version_card("model_version"))
-    return Radiograph.objects.prefetch_related(
+    return Radiograph.objects.select_related("mismatch_confirmed_by").prefetch_related(
         Prefetch("predictions", queryset=predictions.order_by("-finished_at", "-id"))
     )
 
@@ -216,3 +241,36 @@ def audit_events(
     if action:
         events = events.filter(action=action)
     return events
+
+
+@dataclass(frozen=True)
+class FilesReceived:
+    """How many of the files the uploader chose have arrived (issue 10: "2 of 4 files received")."""
+
+    received: int
+    expected: int | None
+    marked_complete: bool
+
+    @property
+    def missing(self) -> bool:
+        """Files are still missing: fewer arrived than were chosen, and staff did not mark it complete."""
+        return self.expected is not None and self.received < self.expected and not self.marked_complete
+
+    @property
+    def text(self) -> str:
+        """E.g. "2 of 4 files received" (or just "2 files received" when the count was never said)."""
+        if self.expected is None:
+            return f"{self.received} file{'s' if self.received != 1 else ''} received"
+        return f"{self.received} of {self.expected} files received"
+
+
+def files_received(study: Study) -> FilesReceived:
+    """The study's files-received state; studies read through these selectors carry the count already."""
+    received = getattr(study, "images_received", None)
+    if received is None:
+        received = study.images.count()
+    return FilesReceived(
+        received=int(received),
+        expected=study.expected_images,
+        marked_complete=study.marked_complete_at is not None,
+    )

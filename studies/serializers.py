@@ -13,13 +13,15 @@ from studies.models import (
     Patient,
     Prediction,
     Radiograph,
+    ResultLabel,
     Review,
     ReviewDecision,
     Sex,
     Study,
+    StudyResult,
     StudyStatus,
 )
-from studies.selectors import latest_prediction, prediction_card, result_card
+from studies.selectors import files_received, latest_prediction, prediction_card, result_card
 from studies.services.studies import unknown_body_part_message
 
 DEMO_NOTICE = "demo model — not for clinical use"
@@ -90,9 +92,29 @@ def model_card_schema() -> PolymorphicProxySerializer:
 
 
 # --- predictions, results, reviews ------------------------------------------------------
+class IndeterminateBandSerializer(serializers.Serializer):
+    """The model's indeterminate band: `label` is "indeterminate" for low <= P(abnormal) < high."""
+
+    low = serializers.FloatField()
+    high = serializers.FloatField()
+
+
+def band_data(row: Prediction | StudyResult) -> dict | None:
+    """`{"low", "high"}` of the band a prediction or result was made with; None: the model had none."""
+    if row.indeterminate_low is None or row.indeterminate_high is None:
+        return None
+    return {"low": row.indeterminate_low, "high": row.indeterminate_high}
+
+
 class PredictionOutputSerializer(serializers.ModelSerializer):
+    label = serializers.ChoiceField(choices=ResultLabel.choices, read_only=True)
+    indeterminate = serializers.SerializerMethodField()
     notice = serializers.SerializerMethodField()
     model_card = serializers.SerializerMethodField()
+    out_of_distribution = serializers.SerializerMethodField(
+        help_text="true: the OOD score is above the threshold, the image waits for a human read and is "
+        "left out of the study's result; null: no score (see ood_note)"
+    )
 
     class Meta:
         model = Prediction
@@ -104,10 +126,25 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
             "demo",
             "finished_at",
             "threshold",
+            "indeterminate",
             "notice",
             "model_card",
+            "heatmap_note",
+            "ood_score",
+            "ood_threshold",
+            "out_of_distribution",
+            "ood_note",
         ]
         read_only_fields = fields
+
+    def get_out_of_distribution(self, prediction: Prediction) -> bool | None:
+        if prediction.ood_score is None or prediction.ood_threshold is None:
+            return None
+        return prediction.ood_score > prediction.ood_threshold
+
+    @extend_schema_field(IndeterminateBandSerializer(allow_null=True))
+    def get_indeterminate(self, prediction: Prediction) -> dict | None:
+        return band_data(prediction)
 
     def get_notice(self, prediction: Prediction) -> str | None:
         return DEMO_NOTICE if prediction.demo else None
@@ -119,9 +156,16 @@ class PredictionOutputSerializer(serializers.ModelSerializer):
 
 class StudyResultOutputSerializer(serializers.Serializer):
     abnormal_probability = serializers.FloatField()
-    label = serializers.ChoiceField(choices=Label.choices)
-    flagged = serializers.BooleanField()
+    label = serializers.ChoiceField(
+        choices=ResultLabel.choices,
+        help_text="abnormal at or above the band's high end (the threshold when the model has no band), "
+        "normal below its low end, indeterminate in between: no call, a radiologist must read the study",
+    )
+    flagged = serializers.BooleanField(help_text="abnormal and not yet reviewed; never for indeterminate")
     threshold = serializers.FloatField()
+    indeterminate = IndeterminateBandSerializer(
+        allow_null=True, help_text="the model's indeterminate band; null when the model has none"
+    )
     model_name = serializers.CharField()
     model_version = serializers.CharField()
     demo = serializers.BooleanField()
@@ -140,6 +184,7 @@ def study_result_data(study: Study) -> dict | None:
         "label": result.label,
         "flagged": bool(study.is_flagged),
         "threshold": result.threshold,
+        "indeterminate": band_data(result),
         "model_name": result.model_name,
         "model_version": result.model_version,
         "demo": result.demo,
@@ -175,9 +220,67 @@ class ReviewOutputSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# --- intake checks ----------------------------------------------------------------------
+class MismatchSerializer(serializers.Serializer):
+    """One DICOM header value that disagreed with the study (studies.intake.Mismatch)."""
+
+    check = serializers.ChoiceField(
+        choices=["patient_id", "patient_name", "body_part", "study_date", "study_instance_uid"]
+    )
+    label = serializers.CharField(help_text="the DICOM attribute, e.g. PatientID")
+    file_value = serializers.CharField()
+    study_value = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ConfirmedMismatchSerializer(serializers.Serializer):
+    """A header mismatch the uploader confirmed: shown as a warning wherever the image is."""
+
+    image = serializers.IntegerField()
+    mismatches = MismatchSerializer(many=True)
+    reason = serializers.CharField()
+    confirmed_by = serializers.CharField(allow_null=True)
+
+
+def confirmed_mismatch_data(image: Radiograph) -> dict | None:
+    """The image's confirmed header mismatch, or None when its header agreed with the study."""
+    if not image.mismatches:
+        return None
+    confirmer = image.mismatch_confirmed_by
+    return {
+        "image": image.pk,
+        "mismatches": image.mismatches,
+        "reason": image.mismatch_reason,
+        "confirmed_by": confirmer.get_username() if confirmer else None,
+    }
+
+
+class FilesReceivedSerializer(serializers.Serializer):
+    """How many of the files chosen at registration arrived; `missing` until all did or staff said so."""
+
+    received = serializers.IntegerField()
+    expected = serializers.IntegerField(allow_null=True, help_text="null: the count was not given")
+    missing = serializers.BooleanField()
+    text = serializers.CharField(help_text='e.g. "2 of 4 files received"')
+    marked_complete_at = serializers.DateTimeField(allow_null=True)
+
+
+def files_received_data(study: Study) -> dict:
+    """The `files_received` object of a study."""
+    state = files_received(study)
+    return {
+        "received": state.received,
+        "expected": state.expected,
+        "missing": state.missing,
+        "text": state.text,
+        "marked_complete_at": study.marked_complete_at,
+    }
+
+
 # --- images -----------------------------------------------------------------------------
 class ImageOutputSerializer(serializers.ModelSerializer):
     prediction = serializers.SerializerMethodField()
+    confirmed_mismatch = serializers.SerializerMethodField()
     file_url = serializers.SerializerMethodField()
     preview_url = serializers.SerializerMethodField()
     heatmap_url = serializers.SerializerMethodField()
@@ -197,8 +300,13 @@ class ImageOutputSerializer(serializers.ModelSerializer):
             "file_url",
             "preview_url",
             "heatmap_url",
+            "confirmed_mismatch",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(ConfirmedMismatchSerializer(allow_null=True))
+    def get_confirmed_mismatch(self, image: Radiograph) -> dict | None:
+        return confirmed_mismatch_data(image)
 
     @extend_schema_field(PredictionOutputSerializer(allow_null=True))
     def get_prediction(self, image: Radiograph) -> dict | None:
@@ -222,6 +330,7 @@ class ImageOutputSerializer(serializers.ModelSerializer):
 class UploadedImageSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.CharField()
+    confirmed_mismatch = ConfirmedMismatchSerializer(allow_null=True)
 
 
 class UploadOutputSerializer(serializers.Serializer):
@@ -232,6 +341,19 @@ class UploadInputSerializer(serializers.Serializer):
     """Schema only: the view reads every `file` part from request.FILES."""
 
     file = serializers.ListField(child=serializers.FileField())
+    confirm_mismatch = serializers.BooleanField(
+        required=False,
+        help_text="store DICOM files whose header disagrees with the study (patient, body part, "
+        "examination) anyway; needs mismatch_reason",
+    )
+    mismatch_reason = serializers.CharField(required=False, max_length=2000)
+
+
+class UploadConfirmInputSerializer(serializers.Serializer):
+    """The non-file fields of an upload: the mismatch confirmation."""
+
+    confirm_mismatch = serializers.BooleanField(required=False, default=False)
+    mismatch_reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 # --- studies ----------------------------------------------------------------------------
@@ -240,6 +362,14 @@ class StudyInputSerializer(serializers.Serializer):
     accession_number = serializers.CharField(max_length=64)
     body_part = serializers.CharField(max_length=32)
     study_date = serializers.DateField(required=False, allow_null=True, default=None)
+    expected_images = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        max_value=10_000,
+        help_text="how many files will be uploaded; the study shows which are missing until they arrive",
+    )
 
     def validate_body_part(self, value: str) -> str:
         if value not in BodyPart.values:
@@ -267,6 +397,10 @@ class StudyListOutputSerializer(serializers.ModelSerializer):
     flagged = serializers.BooleanField(source="is_flagged", read_only=True)
     reviewed = serializers.BooleanField(source="is_reviewed", read_only=True)
     final_label = serializers.CharField(allow_null=True, read_only=True)
+    files_received = serializers.SerializerMethodField()
+    mismatch_images = serializers.IntegerField(
+        read_only=True, help_text="how many images were stored with a confirmed header mismatch"
+    )
 
     class Meta:
         model = Study
@@ -285,6 +419,9 @@ class StudyListOutputSerializer(serializers.ModelSerializer):
             "flagged",
             "reviewed",
             "final_label",
+            "expected_images",
+            "files_received",
+            "mismatch_images",
         ]
         read_only_fields = fields
 
@@ -292,14 +429,24 @@ class StudyListOutputSerializer(serializers.ModelSerializer):
     def get_result(self, study: Study) -> dict | None:
         return study_result_data(study)
 
+    @extend_schema_field(FilesReceivedSerializer)
+    def get_files_received(self, study: Study) -> dict:
+        return files_received_data(study)
+
 
 class StudyDetailOutputSerializer(StudyListOutputSerializer):
     images = ImageOutputSerializer(many=True, read_only=True)
     reviews = ReviewOutputSerializer(many=True, read_only=True)
+    confirmed_mismatches = serializers.SerializerMethodField()
 
     class Meta(StudyListOutputSerializer.Meta):
-        fields = [*StudyListOutputSerializer.Meta.fields, "images", "reviews"]
+        fields = [*StudyListOutputSerializer.Meta.fields, "images", "reviews", "confirmed_mismatches"]
         read_only_fields = fields
+
+    @extend_schema_field(ConfirmedMismatchSerializer(many=True))
+    def get_confirmed_mismatches(self, study: Study) -> list[dict]:
+        found = (confirmed_mismatch_data(image) for image in study.images.all())
+        return [data for data in found if data is not None]
 
 
 # --- audit ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ urlpatterns = [
     path("studies/<int:pk>/images/", views.study_upload, name="study_upload"),
     path("studies/<int:pk>/review/", views.study_review, name="study_review"),
     path("studies/<int:pk>/requeue/", views.study_requeue, name="study_requeue"),
+    path("studies/<int:pk>/complete/", views.study_mark_complete, name="study_mark_complete"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("models/", views.model_registry, name="model_registry"),
 ]

@@ -15,11 +15,18 @@ from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from studies import selectors, selectors_models, selectors_ui, services
+from studies import selectors, selectors_models, selectors_ui, selectors_workers, services
 from studies.audit import request_ip
-from studies.dashboard import DRIFT_MIN_STUDIES, DRIFT_WINDOW_DAYS, DRIFT_Z, summarize
+from studies.dashboard import DRIFT_MIN_STUDIES, DRIFT_WINDOW_DAYS, DRIFT_Z, summarize, tier_totals
 from studies.errors import ApplicationError, UploadRejected
-from studies.forms import LoginForm, ReviewForm, StaffPasswordChangeForm, StudyNewForm, WorklistFilterForm
+from studies.forms import (
+    LoginForm,
+    MismatchConfirmForm,
+    ReviewForm,
+    StaffPasswordChangeForm,
+    StudyNewForm,
+    WorklistFilterForm,
+)
 from studies.model_cards import model_card_data
 from studies.models import BodyPart, ImageStatus, Study, StudyStatus
 from studies.permissions import is_admin, is_radiologist, is_staff_member
@@ -29,19 +36,6 @@ WORKLIST_PAGE_SIZE = 25
 ACTIVE_STUDY_STATUSES = {StudyStatus.QUEUED, StudyStatus.PROCESSING}
 ACTIVE_IMAGE_STATUSES = {ImageStatus.QUEUED, ImageStatus.PROCESSING}
 RERUNNABLE_IMAGE_STATUSES = {ImageStatus.FAILED, ImageStatus.UNSUPPORTED}
-# DICOM BodyPartExamined defined terms (PS3.16 CID 4031) that map onto a MURA study type.
-DICOM_BODY_PARTS = {
-    "ELBOW": BodyPart.ELBOW,
-    "FINGER": BodyPart.FINGER,
-    "THUMB": BodyPart.FINGER,
-    "FOREARM": BodyPart.FOREARM,
-    "HAND": BodyPart.HAND,
-    "HUMERUS": BodyPart.HUMERUS,
-    "ARM": BodyPart.HUMERUS,
-    "UPPER ARM": BodyPart.HUMERUS,
-    "SHOULDER": BodyPart.SHOULDER,
-    "WRIST": BodyPart.WRIST,
-}
 
 View = Callable[..., HttpResponse]
 
@@ -138,6 +132,7 @@ def study_new(request: HttpRequest) -> HttpResponse:
                 accession_number=data["accession_number"],
                 body_part=data["body_part"],
                 study_date=data["study_date"],
+                expected_images=data.get("expected_images"),
                 actor=request.user,
                 ip=request_ip(request),
             )
@@ -177,10 +172,12 @@ def patient_search(request: HttpRequest) -> HttpResponse:
 def study_inspect(request: HttpRequest) -> JsonResponse:
     """Decode one file without storing it and return what it tells about the study (DICOM tags).
 
-    Nothing is stored and nothing is audited: the file is read in memory and forgotten.
+    Nothing is stored and nothing is audited: the file is read in memory and forgotten. A file
+    the upload would refuse (not a radiograph, a CT, a colour photograph) is refused here already.
     """
     from inference.decoding import DecodeError
-    from inference.tasks import inspect_upload
+    from inference.dicom_body_parts import mura_type_of
+    from inference.tasks import screen_upload
 
     upload = request.FILES.get("file")
     if upload is None:
@@ -189,15 +186,14 @@ def study_inspect(request: HttpRequest) -> JsonResponse:
         limit = settings.MSKDETECT_MAX_UPLOAD_BYTES // (1024 * 1024)
         return JsonResponse({"error": f"The file is larger than the {limit} MB limit."}, status=400)
     try:
-        decoded = inspect_upload(upload.read())
+        decoded = screen_upload(upload.read())
     except DecodeError as error:
         return JsonResponse({"error": getattr(error, "message", "") or str(error)}, status=400)
     metadata = dict(decoded.metadata)
-    body_part_tag = metadata.get("body_part_examined", "").upper()
     prefill = {
         "mrn": metadata.get("patient_id", ""),
         "accession_number": metadata.get("accession_number", ""),
-        "body_part": DICOM_BODY_PARTS.get(body_part_tag, ""),
+        "body_part": mura_type_of(metadata.get("body_part_examined")) or "",
         "study_date": metadata.get("study_date", ""),
     }
     patient = selectors_ui.patient_by_mrn(user=request.user, mrn=prefill["mrn"])
@@ -213,11 +209,21 @@ def study_inspect(request: HttpRequest) -> JsonResponse:
     )
 
 
+def _confirmation(request: HttpRequest) -> dict:
+    """The upload's mismatch confirmation (`confirm_mismatch`, `mismatch_reason`) from the POST."""
+    form = MismatchConfirmForm(request.POST)
+    data = form.cleaned_data if form.is_valid() else {}
+    return {
+        "confirm_mismatch": bool(data.get("confirm_mismatch")),
+        "mismatch_reason": data.get("mismatch_reason") or "",
+    }
+
+
 def _add_images(request: HttpRequest, *, study: Study, files: list) -> list | None:
     """Store the files through the upload service; each bad file becomes its own error message."""
     try:
         images = services.radiographs_add(
-            study=study, files=files, actor=request.user, ip=request_ip(request)
+            study=study, files=files, actor=request.user, ip=request_ip(request), **_confirmation(request)
         )
     except UploadRejected as error:
         for name, reason in error.reasons.items():
@@ -228,6 +234,9 @@ def _add_images(request: HttpRequest, *, study: Study, files: list) -> list | No
         messages.error(request, error.message)
         return None
     messages.success(request, f"{len(images)} image(s) queued for analysis.")
+    confirmed = sum(1 for image in images if image.mismatches)
+    if confirmed:
+        messages.warning(request, f"{confirmed} image(s) stored with a confirmed header mismatch.")
     return images
 
 
@@ -242,20 +251,43 @@ def study_upload(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("study_detail", pk=study.pk)
     try:
         images = services.radiographs_add(
-            study=study, files=files, actor=request.user, ip=request_ip(request)
+            study=study, files=files, actor=request.user, ip=request_ip(request), **_confirmation(request)
         )
     except UploadRejected as error:
-        return JsonResponse({"file": list(error.reasons.values()), "reasons": error.reasons}, status=400)
+        return JsonResponse(
+            {"file": list(error.reasons.values()), "reasons": error.reasons, "mismatches": error.mismatches},
+            status=400,
+        )
     except ApplicationError as error:
-        return JsonResponse({"file": [error.message]}, status=error.status_code)
+        return JsonResponse({"file": [error.message], **error.extra}, status=error.status_code)
     return JsonResponse(
         {
             "images": [
-                {"id": image.pk, "status": image.status, "name": image.original_name} for image in images
+                {
+                    "id": image.pk,
+                    "status": image.status,
+                    "name": image.original_name,
+                    "mismatches": image.mismatches,
+                }
+                for image in images
             ]
         },
         status=201,
     )
+
+
+@require_POST
+@staff_required
+def study_mark_complete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Staff say no more files will come: the study stops showing which are missing."""
+    study = selectors.study_get(user=request.user, study_id=pk)
+    try:
+        services.study_mark_complete(study=study, actor=request.user, ip=request_ip(request))
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, "The study is marked complete with the images received.")
+    return redirect("study_detail", pk=study.pk)
 
 
 # --- study page --------------------------------------------------------------------------------
@@ -265,6 +297,8 @@ def _study_context(request: HttpRequest, study: Study, *, review_form: ReviewFor
     result = getattr(study, "result", None)
     include_views = request.GET.get("audit") == "all"
     can_review = is_radiologist(request.user) and result is not None
+    # A job that has not moved for longer than expected says so, with a "Run again".
+    stall = selectors_workers.study_stall(study=study)
     return {
         "study": study,
         "patient": study.patient,
@@ -274,8 +308,13 @@ def _study_context(request: HttpRequest, study: Study, *, review_form: ReviewFor
         "reviews": list(study.reviews.all()),
         "is_active": study.status in ACTIVE_STUDY_STATUSES
         or any(image.status in ACTIVE_IMAGE_STATUSES for image, _ in images),
-        "can_requeue": any(image.status in RERUNNABLE_IMAGE_STATUSES for image, _ in images),
+        "can_requeue": stall is not None
+        or any(image.status in RERUNNABLE_IMAGE_STATUSES for image, _ in images),
+        "stall": stall,
         "failed_images": [image for image, _ in images if image.status == ImageStatus.FAILED],
+        "files_received": selectors.files_received(study),
+        "mismatch_images": [image for image, _ in images if image.mismatches],
+        "mismatch_form": MismatchConfirmForm(),
         "is_radiologist": is_radiologist(request.user),
         "can_review": can_review,
         "review_form": review_form or (ReviewForm() if can_review else None),
@@ -354,7 +393,7 @@ def study_requeue(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @staff_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    """Per body part and model version: volume, flagged rate, agreement with radiologists, drift."""
+    """Per body part and model version: volume, flagged rate, result tiers, agreement, drift."""
     results, reviews = selectors_ui.dashboard_records(user=request.user)
     summaries = summarize(results=results, reviews=reviews, now=timezone.now())
     body_part_names = dict(BodyPart.choices)
@@ -371,6 +410,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     }
     context = {
         "summaries": summaries,
+        "tier_totals": tier_totals(results=results, reviews=reviews),
         "chart": chart,
         "body_part_names": body_part_names,
         "warnings": [s for s in summaries if s.drift and s.drift.warning],

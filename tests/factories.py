@@ -20,12 +20,14 @@ from studies.models import (
     Patient,
     Prediction,
     Radiograph,
+    ResultLabel,
     Review,
     ReviewDecision,
     Sex,
     Study,
     StudyResult,
 )
+from studies.services.predictions import result_label
 from studies.services.worklist import study_worklist_key_refresh
 
 PASSWORD = "correct horse battery staple"
@@ -98,28 +100,40 @@ class RadiographFactory(factory.django.DjangoModelFactory):
 class PredictionFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Prediction
+        exclude = ("indeterminate",)
 
     radiograph = factory.SubFactory(RadiographFactory, status=ImageStatus.DONE)
     model_name = "WRIST"
     body_part = factory.LazyAttribute(lambda p: p.radiograph.study.body_part)
     model_version = "a" * 64
     abnormal_probability = 0.8
-    label = factory.LazyAttribute(lambda p: Label.ABNORMAL if p.abnormal_probability >= 0.5 else Label.NORMAL)
     threshold = 0.5
+    # (low, high) or None; the label follows from the probability, threshold and band.
+    indeterminate = None
+    indeterminate_low = factory.LazyAttribute(lambda p: p.indeterminate[0] if p.indeterminate else None)
+    indeterminate_high = factory.LazyAttribute(lambda p: p.indeterminate[1] if p.indeterminate else None)
+    label = factory.LazyAttribute(
+        lambda p: result_label(p.abnormal_probability, threshold=p.threshold, indeterminate=p.indeterminate)
+    )
     preprocessing = "seed"
 
 
 class StudyResultFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = StudyResult
+        exclude = ("indeterminate",)
         skip_postgeneration_save = True
 
     study = factory.SubFactory(StudyFactory, status=Study.Status.PREDICTED)
     abnormal_probability = 0.8
-    label = factory.LazyAttribute(
-        lambda r: Label.ABNORMAL if r.abnormal_probability >= r.threshold else Label.NORMAL
-    )
     threshold = 0.5
+    # (low, high) or None; the label follows from the probability, threshold and band.
+    indeterminate = None
+    indeterminate_low = factory.LazyAttribute(lambda r: r.indeterminate[0] if r.indeterminate else None)
+    indeterminate_high = factory.LazyAttribute(lambda r: r.indeterminate[1] if r.indeterminate else None)
+    label = factory.LazyAttribute(
+        lambda r: result_label(r.abnormal_probability, threshold=r.threshold, indeterminate=r.indeterminate)
+    )
     model_name = "WRIST"
     model_version = "a" * 64
 
@@ -192,8 +206,13 @@ class ReviewFactory(factory.django.DjangoModelFactory):
 
     study = factory.SubFactory(StudyFactory, status=Study.Status.REVIEWED)
     radiologist = factory.SubFactory(UserFactory, role="radiologist")
-    decision = ReviewDecision.CONFIRM
+    decision = factory.LazyAttribute(
+        lambda r: (
+            ReviewDecision.RULE if r.model_label == ResultLabel.INDETERMINATE else ReviewDecision.CONFIRM
+        )
+    )
     model_label = Label.ABNORMAL
+    # An indeterminate result has no label to confirm: give final_label for those.
     final_label = factory.LazyAttribute(lambda r: r.model_label)
     model_version = "a" * 64
 

@@ -136,7 +136,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "studies.schema.ApiSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
@@ -179,9 +179,18 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Images left queued longer than this are sent again by the periodic re-dispatch.
 MSKDETECT_REDISPATCH_AFTER_SECONDS = env.int("MSKDETECT_REDISPATCH_AFTER_SECONDS", default=120)
-MSKDETECT_REDISPATCH_EVERY_SECONDS = env.float("MSKDETECT_REDISPATCH_EVERY_SECONDS", default=60.0)
-# A `processing` claim older than the hard time limit plus this belongs to a dead worker.
+# How often beat looks for lost jobs and dead workers' claims (a few indexed queries).
+MSKDETECT_REDISPATCH_EVERY_SECONDS = env.float("MSKDETECT_REDISPATCH_EVERY_SECONDS", default=10.0)
+# Worker liveness: each worker writes a heartbeat this often; one silent for DEAD_AFTER (several
+# missed beats) is gone, and the re-dispatch takes its claims back at once.
+MSKDETECT_WORKER_HEARTBEAT_SECONDS = env.float("MSKDETECT_WORKER_HEARTBEAT_SECONDS", default=5.0)
+MSKDETECT_WORKER_DEAD_AFTER_SECONDS = env.float("MSKDETECT_WORKER_DEAD_AFTER_SECONDS", default=20.0)
+# The last resort: a `processing` claim older than the hard time limit plus this is dead even if
+# its worker still beats (a job hung beyond the pool's reach).
 MSKDETECT_CLAIM_GRACE_SECONDS = env.int("MSKDETECT_CLAIM_GRACE_SECONDS", default=60)
+# The study page says "Stalled: waiting for a worker" when a queued/processing study has not moved
+# for this long and no live worker holds its images.
+MSKDETECT_STALLED_AFTER_SECONDS = env.int("MSKDETECT_STALLED_AFTER_SECONDS", default=60)
 CELERY_TASK_ROUTES = {
     "inference.tasks.predict_images": {"queue": "inference"},
     # On the default queue, so a long backlog of predictions never delays the re-dispatch.

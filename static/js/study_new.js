@@ -148,11 +148,13 @@
     return String.fromCharCode.apply(null, head) === "DICM";
   }
 
-  function fillIfEmpty(id, value) {
+  // Fills an empty field from the file and says so: a value taken from a file is never silent.
+  function fillIfEmpty(id, value, label, filled) {
     const control = document.getElementById(id);
     if (control && value && !control.value && !control.disabled) {
       control.value = value;
       control.classList.add("border-success");
+      filled.push(label + " " + value);
     }
   }
 
@@ -176,28 +178,80 @@
         return;
       }
       const prefill = data.prefill || {};
+      const filled = [];
       if (!study) {
         if (data.patient && !patientInput.value) {
           choosePatient(String(data.patient.id), data.patient.name + " (MRN " + data.patient.mrn + ")");
+          filled.push("patient " + data.patient.name);
         } else if (!patientInput.value) {
-          fillIfEmpty("id_mrn", prefill.mrn);
+          fillIfEmpty("id_mrn", prefill.mrn, "MRN", filled);
         }
-        fillIfEmpty("id_accession_number", prefill.accession_number);
-        fillIfEmpty("id_body_part", prefill.body_part);
-        fillIfEmpty("id_study_date", prefill.study_date);
+        fillIfEmpty("id_accession_number", prefill.accession_number, "accession number", filled);
+        fillIfEmpty("id_body_part", prefill.body_part, "body part", filled);
+        fillIfEmpty("id_study_date", prefill.study_date, "study date", filled);
       }
       const found = [];
       if (prefill.mrn) found.push("patient ID " + prefill.mrn);
+      if (data.metadata && data.metadata.patient_name) found.push("name " + data.metadata.patient_name);
       if (prefill.accession_number) found.push("accession " + prefill.accession_number);
       if (data.metadata && data.metadata.body_part_examined) found.push("body part " + data.metadata.body_part_examined);
-      note.textContent = found.length ? "DICOM: " + found.join(", ") + "." : "DICOM file without patient tags.";
+      note.textContent =
+        (found.length ? "DICOM: " + found.join(", ") + "." : "DICOM file without patient tags.") +
+        (filled.length ? " Filled in from this file: " + filled.join(", ") + ". Check them before you submit." : "");
     } catch (error) {
       note.textContent = "The DICOM tags could not be read (" + error + ").";
     }
   }
 
+  // --- a refused header mismatch: confirm it with a reason and send the file again -------------
+  function offerConfirmation(item, mismatches) {
+    const box = document.createElement("div");
+    box.className = "upload-confirm border-top mt-2 pt-2";
+    const id = "confirm-" + items.indexOf(item) + "-" + Date.now();
+    const list = document.createElement("ul");
+    list.className = "small mb-1";
+    mismatches.forEach(function (m) {
+      const li = document.createElement("li");
+      li.textContent = m.label + " in the file: " + m.file_value + "; study: " + m.study_value;
+      list.appendChild(li);
+    });
+    const check = document.createElement("div");
+    check.className = "form-check";
+    check.innerHTML = '<input class="form-check-input" type="checkbox"><label class="form-check-label small"></label>';
+    check.querySelector("input").id = id + "-check";
+    check.querySelector("label").htmlFor = id + "-check";
+    check.querySelector("label").textContent = "This file is right despite the mismatch: upload it anyway";
+    const reasonLabel = document.createElement("label");
+    reasonLabel.className = "form-label small mb-0";
+    reasonLabel.htmlFor = id + "-reason";
+    reasonLabel.textContent = "Reason (required)";
+    const reason = document.createElement("input");
+    reason.type = "text";
+    reason.className = "form-control form-control-sm mb-1";
+    reason.id = id + "-reason";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "btn btn-sm btn-warning";
+    button.textContent = "Upload with the mismatch confirmed";
+    button.addEventListener("click", async function () {
+      if (!check.querySelector("input").checked || !reason.value.trim()) {
+        reason.classList.add("is-invalid");
+        reason.setAttribute("aria-invalid", "true");
+        reason.focus();
+        return;
+      }
+      button.disabled = true;
+      await uploadOne(item, { confirm: true, reason: reason.value.trim() });
+      if (item.state === "done") box.remove();
+      else button.disabled = false;
+      summarize();
+    });
+    box.append(list, check, reasonLabel, reason, button);
+    item.el.appendChild(box);
+  }
+
   // --- submit: create the study, then upload each file ------------------------------------------
-  function uploadOne(item) {
+  function uploadOne(item, confirmation) {
     return new Promise(function (resolve) {
       const xhr = new XMLHttpRequest();
       const progress = item.el.querySelector("progress");
@@ -216,11 +270,14 @@
         }
         if (xhr.status === 201) {
           progress.value = 100;
-          setItemState(item, "done", "queued for analysis");
+          const confirmed = confirmation ? " (header mismatch confirmed)" : "";
+          setItemState(item, "done", "queued for analysis" + confirmed);
         } else {
           progress.value = 0;
           const reasons = data.file || [data.detail || "the server answered " + xhr.status];
           setItemState(item, "failed", reasons.join(" "));
+          const mismatches = data.mismatches && Object.values(data.mismatches)[0];
+          if (mismatches && !confirmation && !item.el.querySelector(".upload-confirm")) offerConfirmation(item, mismatches);
         }
         resolve();
       });
@@ -231,6 +288,10 @@
       });
       const body = new FormData();
       body.append("file", item.file);
+      if (confirmation) {
+        body.append("confirm_mismatch", "on");
+        body.append("mismatch_reason", confirmation.reason);
+      }
       setItemState(item, "uploading");
       xhr.send(body);
     });
@@ -239,6 +300,9 @@
   async function createStudy() {
     const body = new FormData(form);
     body.delete("file");
+    // How many files were chosen: the study says "2 of 4 files received" until they all arrive.
+    if (items.length) body.set("expected_images", String(items.length));
+    else body.delete("expected_images");
     const response = await fetch(form.action, {
       method: "POST",
       body: body,
@@ -249,6 +313,17 @@
     if (response.status === 201) return data;
     showErrors(data.errors || { __all__: ["The study could not be registered (" + response.status + ")."] });
     return null;
+  }
+
+  // Says how many files arrived; returns how many were refused.
+  function summarize() {
+    const failed = items.filter((item) => item.state === "failed").length;
+    const done = items.filter((item) => item.state === "done").length;
+    summary.textContent =
+      "Study registered. " + done + " of " + items.length + " file(s) uploaded" +
+      (failed ? ", " + failed + " refused: see the reasons above." : ".");
+    summary.className = failed ? "text-danger fw-semibold" : "text-success";
+    return failed;
   }
 
   form.addEventListener("submit", async function (event) {
@@ -271,12 +346,7 @@
         // One at a time: the progress bars stay truthful and the server is not flooded.
         await uploadOne(item);
       }
-      const failed = items.filter((item) => item.state === "failed").length;
-      const done = items.filter((item) => item.state === "done").length;
-      summary.textContent =
-        "Study registered. " + done + " file(s) uploaded" + (failed ? ", " + failed + " refused: see the reasons above." : ".");
-      summary.className = failed ? "text-danger fw-semibold" : "text-success";
-      if (!failed) window.location.assign(study.detail_url);
+      if (!summarize()) window.location.assign(study.detail_url);
     } finally {
       submitButton.disabled = false;
     }

@@ -53,4 +53,9 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunPython(record_versions_seen_in_predictions, migrations.RunPython.noop),
+        migrations.AddField(
+            model_name='prediction',
+            name='heatmap_note',
+            field=models.CharField(blank=True, max_length=200),
+        ),
     ]

@@ -1,4 +1,10 @@
-"""Radiograph writes: validated, all-or-nothing uploads."""
+"""Radiograph writes: validated, all-or-nothing uploads.
+
+Every file is decoded, screened (a colour photograph or a screenshot is refused) and, for DICOM,
+its header is checked against the study (studies.intake) before anything is stored. A header
+mismatch refuses the file unless the uploader confirmed it with a reason; then it is stored on
+the radiograph, audited and shown as a warning.
+"""
 
 import hashlib
 import os
@@ -14,8 +20,12 @@ from django.db import transaction
 
 from studies.audit import audit_record
 from studies.errors import ApplicationError, UploadRejected
-from studies.models import AuditEvent, ImageStatus, Radiograph, Study, StudyStatus
+from studies.intake import Mismatch, header_mismatches, header_of
+from studies.models import AuditEvent, ImageFormat, ImageStatus, Radiograph, Study, StudyStatus
 from studies.services.studies import _enqueue_on_commit
+
+CONFIRM_HINT = "If this really is the right file, upload it again with the mismatch confirmed and a reason."
+MISSING_REASON = "Give the reason why the file is right despite the mismatch."
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,8 @@ class _Accepted:
     format: str
     width: int
     height: int
+    header: dict[str, str]
+    mismatches: tuple[Mismatch, ...] = ()
 
 
 def _display_name(upload: UploadedFile, index: int, taken: set[str]) -> str:
@@ -37,16 +49,32 @@ def _display_name(upload: UploadedFile, index: int, taken: set[str]) -> str:
     return unique
 
 
-def _inspect_all(*, study: Study, files: Sequence[UploadedFile]) -> tuple[list[_Accepted], dict[str, str]]:
-    """Decode every upload before anything is stored; return the good ones and name → reason."""
+def _first_dicom_header(study: Study) -> dict[str, str] | None:
+    """The header of the study's first stored DICOM file (later files are compared with it)."""
+    first = (
+        study.images.filter(format=ImageFormat.DICOM).order_by("id").values_list("dicom_header", flat=True)
+    )
+    return next(iter(first[:1]), None)
+
+
+def _inspect_all(
+    *, study: Study, files: Sequence[UploadedFile], confirm_mismatch: bool
+) -> tuple[list[_Accepted], dict[str, str], dict[str, list[dict]]]:
+    """Decode and check every upload before anything is stored.
+
+    Returns the good files, name → reason for the refused ones, and name → mismatches for the
+    files refused only because their header disagrees (confirmable).
+    """
     from inference.decoding import DecodeError
-    from inference.tasks import inspect_upload
+    from inference.tasks import screen_upload
 
     max_bytes = settings.MSKDETECT_MAX_UPLOAD_BYTES
     accepted: list[_Accepted] = []
     reasons: dict[str, str] = {}
+    confirmable: dict[str, list[dict]] = {}
     names: set[str] = set()
     seen: set[str] = set(study.images.values_list("sha256", flat=True))
+    first_header = _first_dicom_header(study)
     for index, upload in enumerate(files):
         name = _display_name(upload, index, names)
         if upload.size is not None and upload.size > max_bytes:
@@ -55,7 +83,7 @@ def _inspect_all(*, study: Study, files: Sequence[UploadedFile]) -> tuple[list[_
         upload.seek(0)
         data = upload.read()
         try:
-            decoded = inspect_upload(data)
+            decoded = screen_upload(data)
         except DecodeError as exc:
             reasons[name] = getattr(exc, "message", None) or str(exc)
             continue
@@ -64,29 +92,66 @@ def _inspect_all(*, study: Study, files: Sequence[UploadedFile]) -> tuple[list[_
             reasons[name] = "this image is already part of the study"
             continue
         seen.add(digest)
-        accepted.append(
-            _Accepted(name, data, digest, decoded.format, int(decoded.width), int(decoded.height))
+        header = header_of(decoded.metadata) if decoded.format == ImageFormat.DICOM else {}
+        mismatches = (
+            header_mismatches(header=header, study=study, patient=study.patient, first_header=first_header)
+            if header
+            else []
         )
-    return accepted, reasons
+        if header and first_header is None:
+            first_header = header
+        if mismatches and not confirm_mismatch:
+            reasons[name] = "; ".join(m.message for m in mismatches) + f". {CONFIRM_HINT}"
+            confirmable[name] = [m.as_dict() for m in mismatches]
+            continue
+        accepted.append(
+            _Accepted(
+                name,
+                data,
+                digest,
+                decoded.format,
+                int(decoded.width),
+                int(decoded.height),
+                header,
+                tuple(mismatches),
+            )
+        )
+    # A file refused for another reason than a mismatch cannot be confirmed into the study.
+    return accepted, reasons, confirmable
 
 
 def radiographs_add(
-    *, study: Study, files: Sequence[UploadedFile], actor: AbstractBaseUser, ip: str | None = None
+    *,
+    study: Study,
+    files: Sequence[UploadedFile],
+    actor: AbstractBaseUser,
+    ip: str | None = None,
+    confirm_mismatch: bool = False,
+    mismatch_reason: str = "",
 ) -> list[Radiograph]:
     """Store every file as a queued radiograph of the study and send them to the worker.
 
-    Every file is decoded first; if any is unusable, UploadRejected names each bad file and
-    nothing is stored (no rows, no files). Sending happens after the commit.
+    Every file is decoded and checked first; if any is unusable, UploadRejected names each bad
+    file and nothing is stored (no rows, no files). A DICOM header that disagrees with the study
+    (studies.intake) refuses its file unless `confirm_mismatch` is set with a `mismatch_reason`:
+    then the mismatch, the reason and the actor are stored on the radiograph and audited.
+    Sending happens after the commit.
     """
     if not files:
         raise ApplicationError("Choose at least one image file.", extra={"file": ["No file was submitted."]})
-    accepted, reasons = _inspect_all(study=study, files=files)
+    mismatch_reason = (mismatch_reason or "").strip()
+    if confirm_mismatch and not mismatch_reason:
+        raise ApplicationError(MISSING_REASON, extra={"mismatch_reason": [MISSING_REASON]})
+    accepted, reasons, confirmable = _inspect_all(study=study, files=files, confirm_mismatch=confirm_mismatch)
     if reasons:
-        raise UploadRejected(reasons)
+        # Only offer confirmation when every refusal is a mismatch: anything else must be fixed first.
+        raise UploadRejected(reasons, mismatches=confirmable if set(confirmable) == set(reasons) else None)
 
     stored: list[str] = []
     try:
-        images = _store(study=study, accepted=accepted, actor=actor, ip=ip, stored=stored)
+        images = _store(
+            study=study, accepted=accepted, actor=actor, ip=ip, stored=stored, mismatch_reason=mismatch_reason
+        )
     except BaseException:
         # Files are written before the rows commit; a rolled-back request must leave none behind.
         for name in stored:
@@ -97,11 +162,18 @@ def radiographs_add(
 
 @transaction.atomic
 def _store(
-    *, study: Study, accepted: list[_Accepted], actor: AbstractBaseUser, ip: str | None, stored: list[str]
+    *,
+    study: Study,
+    accepted: list[_Accepted],
+    actor: AbstractBaseUser,
+    ip: str | None,
+    stored: list[str],
+    mismatch_reason: str,
 ) -> list[Radiograph]:
     study = Study.objects.select_for_update().get(pk=study.pk)
     images: list[Radiograph] = []
     for item in accepted:
+        mismatches = [m.as_dict() for m in item.mismatches]
         image = Radiograph(
             study=study,
             sha256=item.sha256,
@@ -110,6 +182,10 @@ def _store(
             width=item.width,
             height=item.height,
             status=ImageStatus.QUEUED,
+            dicom_header=item.header,
+            mismatches=mismatches,
+            mismatch_reason=mismatch_reason if mismatches else "",
+            mismatch_confirmed_by=actor if mismatches and actor.is_authenticated else None,
         )
         image.file.save(f"{item.sha256}.{item.format}", ContentFile(item.data), save=False)
         stored.append(image.file.name)
@@ -123,6 +199,15 @@ def _store(
             "bytes": len(item.data),
         }
         audit_record(actor=actor, action="image.uploaded", obj=image, study=study, ip=ip, details=details)
+        if mismatches:
+            audit_record(
+                actor=actor,
+                action="image.mismatch_confirmed",
+                obj=image,
+                study=study,
+                ip=ip,
+                details={"mismatches": mismatches, "reason": mismatch_reason},
+            )
     study.status = StudyStatus.QUEUED
     study.error = ""
     study.save(update_fields=["status", "error", "updated_at"])

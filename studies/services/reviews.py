@@ -5,7 +5,7 @@ from django.db import transaction
 
 from studies.audit import audit_record
 from studies.errors import ApplicationError, ConflictError, NotAllowedError
-from studies.models import Label, Review, ReviewDecision, Study, StudyResult, StudyStatus
+from studies.models import Label, ResultLabel, Review, ReviewDecision, Study, StudyResult, StudyStatus
 from studies.permissions import is_radiologist
 from studies.services.worklist import study_worklist_key_refresh
 
@@ -22,7 +22,9 @@ def review_create(
 ) -> Review:
     """Rule on the study's result. Confirm keeps the model's label; override changes it and needs a reason.
 
-    Earlier reviews are kept; the latest one is the study's final label.
+    An indeterminate result is no call, so there is nothing to confirm or override: the radiologist
+    rules (decision "rule") abnormal or normal, a reason optional. Earlier reviews are kept; the
+    latest one is the study's final label.
     """
     if not is_radiologist(radiologist):
         raise NotAllowedError("Only radiologists may review studies.")
@@ -32,7 +34,9 @@ def review_create(
     if result is None:
         raise ConflictError("This study has no model result yet; it can be reviewed once it has one.")
     comment = (comment or "").strip()
-    if decision == ReviewDecision.CONFIRM:
+    if result.label == ResultLabel.INDETERMINATE or decision == ReviewDecision.RULE:
+        final_label = _ruling(result_label=result.label, decision=decision, final_label=final_label)
+    elif decision == ReviewDecision.CONFIRM:
         if final_label and final_label != result.label:
             raise ApplicationError(
                 "A confirmation keeps the model's label.",
@@ -54,7 +58,7 @@ def review_create(
             f"Unknown decision '{decision}'.",
             extra={"decision": [f"Choose one of: {', '.join(ReviewDecision.values)}."]},
         )
-    review = Review.objects.create(
+    review = Review.objects.create(  # the check constraints restate these rules
         study=study,
         radiologist=radiologist,
         decision=decision,
@@ -80,3 +84,27 @@ def review_create(
         },
     )
     return review
+
+
+def _ruling(*, result_label: str, decision: str, final_label: str | None) -> str:
+    """The final label of a ruling on an indeterminate result; ApplicationError when it is not one."""
+    if result_label != ResultLabel.INDETERMINATE:
+        raise ApplicationError(
+            f"The model called this study {result_label}: confirm or override it.",
+            extra={
+                "decision": [
+                    f"'{ReviewDecision.RULE}' is for indeterminate results; use confirm or override."
+                ]
+            },
+        )
+    if decision != ReviewDecision.RULE:
+        raise ApplicationError(
+            "The model made no call on this study (indeterminate): there is nothing to confirm or override.",
+            extra={"decision": [f"Use '{ReviewDecision.RULE}' with the final label, abnormal or normal."]},
+        )
+    if final_label not in Label.values:
+        raise ApplicationError(
+            "A ruling needs the final label.",
+            extra={"final_label": [f"Choose the final label: {', '.join(Label.values)}."]},
+        )
+    return final_label

@@ -20,6 +20,7 @@ def study_register(
     body_part: str,
     study_date: datetime.date | None,
     actor: AbstractBaseUser,
+    expected_images: int | None = None,
     ip: str | None = None,
 ) -> Study:
     """Register a study for an existing patient, or for a new one created in the same transaction.
@@ -44,6 +45,7 @@ def study_register(
         accession_number=accession_number,
         body_part=body_part,
         study_date=study_date,
+        expected_images=expected_images,
         actor=actor,
         ip=ip,
     )

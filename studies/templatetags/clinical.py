@@ -17,6 +17,7 @@ STUDY_STATUS_STYLE = {
     "predicted": ("success", "✓"),
     "failed": ("danger", "✕"),
     "unsupported": ("warning", "?"),
+    "needs_human_read": ("warning", "!"),
     "reviewed": ("dark", "★"),
     "done": ("success", "✓"),
 }
@@ -42,12 +43,29 @@ def status_badge(status: str, display: str = "") -> dict:
 
 
 @register.inclusion_tag("includes/prob_bar.html")
-def prob_bar(probability: float | None, threshold: float | None = None, width: int = 90) -> dict:
-    """P(abnormal) as a bar (an inline SVG, allowed by the CSP) with the number beside it."""
+def prob_bar(
+    probability: float | None,
+    threshold: float | None = None,
+    width: int = 90,
+    low: float | None = None,
+    high: float | None = None,
+) -> dict:
+    """P(abnormal) as a bar (an inline SVG, allowed by the CSP) with the number beside it.
+
+    With the model's indeterminate band (`low`, `high`) the band is drawn on the track, and a
+    probability inside it is filled amber, not red: it is not a call. The band's figures are
+    printed too, so the bar is never the only place they are.
+    """
     if probability is None:
         return {"probability": None}
     probability = min(max(float(probability), 0.0), 1.0)
-    is_abnormal = threshold is not None and probability >= threshold
+    has_band = low is not None and high is not None
+    if has_band:
+        is_abnormal = probability >= high
+        is_indeterminate = low <= probability < high
+    else:
+        is_abnormal = threshold is not None and probability >= threshold
+        is_indeterminate = False
     return {
         "probability": probability,
         "percent": f"{probability * 100:.1f}",
@@ -55,6 +73,16 @@ def prob_bar(probability: float | None, threshold: float | None = None, width: i
         "threshold_x": round(threshold * width, 1) if threshold is not None else None,
         "threshold": threshold,
         "is_abnormal": is_abnormal,
+        "is_indeterminate": is_indeterminate,
+        "band": (
+            {
+                "x": round(low * width, 1),
+                "width": round((high - low) * width, 1),
+                "text": f"{low * 100:.0f}\N{EN DASH}{high * 100:.0f} %",
+            }
+            if has_band
+            else None
+        ),
         "width": width,
     }
 

@@ -56,17 +56,19 @@ class Worker:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *, purge: bool = True) -> None:
+        """Start the worker; `purge=False` keeps what the queue holds (a stopped worker's hand-back)."""
         celery = [sys.executable, "-m", "celery", "-A", "mskdetect"]
         # Jobs left in the test broker by earlier runs or other tests belong to nobody here.
-        subprocess.run(
-            [*celery, "purge", "-f", "-Q", "inference,celery"],
-            env=self.env,
-            cwd=REPO_ROOT,
-            check=False,
-            capture_output=True,
-            timeout=60,
-        )
+        if purge:
+            subprocess.run(
+                [*celery, "purge", "-f", "-Q", "inference,celery"],
+                env=self.env,
+                cwd=REPO_ROOT,
+                check=False,
+                capture_output=True,
+                timeout=60,
+            )
         self.log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [

@@ -161,14 +161,17 @@ class FaultStack:
         web_env = {**self.env, "DATABASE_URL": self.env["DATABASE_URL"].split("?")[0]}
         self.web = WebServer(env=web_env, log_path=self.root / "web.log")
 
-    def start_worker(self, **overrides: str) -> Worker:
-        """Start a worker (with beat); the previous one must be gone. Logs go to worker-<n>.log."""
+    def start_worker(self, *, purge: bool = True, **overrides: str) -> Worker:
+        """Start a worker (with beat); the previous one must be gone. Logs go to worker-<n>.log.
+
+        `purge=False` keeps the queue as the previous worker of this test left it.
+        """
         assert self.worker is None or self.worker.process.poll() is not None, "one worker at a time"
         self._workers += 1
         self.worker = Worker(
             env={**self.env, **overrides}, log_path=self.root / f"worker-{self._workers}.log"
         )
-        self.worker.start()
+        self.worker.start(purge=purge)
         return self.worker
 
     def kill_worker(self) -> None:

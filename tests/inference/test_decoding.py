@@ -60,8 +60,11 @@ def test_dicom_metadata_prefills_upload_form():
 
     assert decoded.metadata == {
         "patient_id": "11RG3",
+        "patient_name": "CompressedSamples^RG3",
         "accession_number": "FUJI95706",
         "body_part_examined": "EXTREMITY",
+        "study_description": "Non-ossifying fibroma of distal tibia",
+        "study_instance_uid": "1.3.6.1.4.1.5962.1.2.11.20040826185059.5457",
         "study_date": "2004-08-26",
         "modality": "CR",
     }
@@ -309,13 +312,16 @@ def test_max_pixels_is_configurable():
 
 
 def test_refusal_messages_name_the_problem():
-    with pytest.raises(UnsupportedModality, match="CT"):
+    with pytest.raises(
+        UnsupportedModality, match="CT \\(computed tomography\\), not a projection radiograph"
+    ):
         decode_image(hostile.dicom_ct())
-    for modality in ("MR", "US", "NM", "XA", "MG"):
+    for modality in ("MR", "US", "NM", "PT", "MG"):
         ds = hostile.dicom_dataset(np.zeros((4, 4), dtype=np.uint16), modality=modality)
-        with pytest.raises(UnsupportedModality):
+        with pytest.raises(UnsupportedModality, match=f"modality is {modality} "):
             decode_image(hostile.dicom_bytes(ds))
-    for modality in ("CR", "DX", "RG", "OT", None):
+    # Projection radiographs (fluoroscopy and C-arm frames too) and secondary captures are read.
+    for modality in ("CR", "DX", "RG", "RF", "XA", "OT", "SC", None):
         ds = hostile.dicom_dataset(np.arange(16, dtype=np.uint16).reshape(4, 4), modality=modality)
         assert decode_image(hostile.dicom_bytes(ds)).width == 4
 

@@ -35,6 +35,7 @@ def test_demo_build_writes_small_models_and_a_demo_manifest(demo_dir):
         spec = registry.spec(body_part)
         assert spec.demo is True
         assert spec.preprocessing == "seed"
+        assert (spec.threshold, spec.indeterminate) == (0.5, (0.35, 0.65))
         assert spec.path.stat().st_size < ONE_MEGABYTE
     assert [path.name for path in demo_dir.iterdir() if path.name.startswith(".")] == []
 

@@ -87,7 +87,8 @@ def test_install_into_an_empty_model_dir_serves_through_the_registry(model_dir, 
             "demo": True,
         }
     }
-    assert sorted(p.name for p in model_dir.iterdir()) == ["models.toml", "tiny.keras"]
+    # ood/: the version's out-of-distribution reference (tests/inference/test_install_model_ood.py).
+    assert sorted(p.name for p in model_dir.iterdir()) == ["models.toml", "ood", "tiny.keras"]
 
     # The smoke test predicted every shared radiograph; the registry now serves the same numbers.
     jpeg = sorted((SHARED_DATA / "jpeg").glob("*.jpg"))[0]
@@ -133,8 +134,10 @@ def test_a_file_already_in_the_model_dir_is_registered_in_place(model_dir, tiny_
     shutil.copy(tiny_model_file, in_place)
     install(str(in_place), "--body-part", "XR_HAND", "--model-dir", str(model_dir))
     assert read_manifest(model_dir=model_dir)["XR_HAND"].path == in_place
+    version = file_sha256(path=in_place)
     assert sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()) == [
         "models.toml",
+        f"ood/{version}.npz",  # the version's out-of-distribution reference
         "wrist/tiny.keras",
     ]
 
@@ -210,6 +213,13 @@ def sigmoid_model_file(folder: Path) -> Path:
             "a sigmoid output is one probability",
         ),
         ("sigmoid_nan", ["--body-part", "XR_WRIST", "--output", "sigmoid"], "NaN or outside"),
+        ("tiny", ["--body-part", "XR_WRIST", "--indeterminate", "0.6,0.7"], "must contain the threshold 0.5"),
+        ("tiny", ["--body-part", "XR_WRIST", "--indeterminate", "0.7,0.3"], "needs low < high"),
+        (
+            "tiny",
+            ["--body-part", "XR_WRIST", "--indeterminate", "0.35"],
+            "expected LOW,HIGH such as 0.35,0.65",
+        ),
     ],
 )
 def test_refusals_change_nothing(commented_model_dir, tiny_model_file, refused_files, case, extra, message):
@@ -321,3 +331,23 @@ def test_a_saved_model_folder_is_copied_and_versioned_as_a_whole(model_dir, tmp_
     spec = read_manifest(model_dir=model_dir)["XR_WRIST"]
     assert spec.path == installed and spec.sha256 == file_sha256(path=exported)
     assert ModelRegistry(model_dir).get("XR_WRIST").version == spec.sha256
+
+
+def test_indeterminate_band_is_written_into_the_entry(commented_model_dir, tiny_model_file):
+    output = install(
+        str(tiny_model_file), "--body-part", "XR_WRIST", "--model-dir", str(commented_model_dir),
+        "--threshold", "0.45", "--indeterminate", "0.3, 0.6",
+    )  # fmt: skip
+    assert "indeterminate band: 0.3 <= P(abnormal) < 0.6" in output
+    text = (commented_model_dir / "models.toml").read_text()
+    # After the threshold, in the canonical key order; the other entry and the comments are kept.
+    assert "threshold = 0.45  # tuned locally\nindeterminate = [0.3, 0.6]\nsha256 = " in text
+    assert text.startswith("# Hospital models. Wrist replaced in January (ticket 42).")
+    specs = read_manifest(model_dir=commented_model_dir)
+    assert specs["XR_WRIST"].indeterminate == (0.3, 0.6)
+    assert specs["XR_HAND"].indeterminate is None
+
+    # Installed again without the option: the entry is written afresh, with no band, and it says so.
+    output = install(str(tiny_model_file), "--body-part", "XR_WRIST", "--model-dir", str(commented_model_dir))
+    assert "no indeterminate band" in output
+    assert read_manifest(model_dir=commented_model_dir)["XR_WRIST"].indeterminate is None

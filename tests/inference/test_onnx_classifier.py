@@ -215,3 +215,5 @@ def test_the_worker_stores_onnx_predictions_without_heat_maps(onnx_files, settin
     for prediction in predictions:
         assert 0.0 <= prediction.abnormal_probability <= 1.0
         assert not prediction.heatmap  # no Grad-CAM for a model served from its ONNX file
+        # ...and the result says why, on the study page and in the API.
+        assert "opaque graph (ONNX or SavedModel)" in prediction.heatmap_note

@@ -232,3 +232,37 @@ def test_a_seed_model_at_another_input_size_is_refused(tmp_path):
 
     with pytest.raises(UnsupportedInputSize, match=r"'seed' makes 224x224 inputs only.*160x192"):
         Predictor(ModelRegistry(tmp_path).get("XR_WRIST"))
+
+
+def _with_band(model_dir, *, low: float, high: float, threshold: float = 0.5) -> None:
+    path = write_manifest(model_dir, {"XR_WRIST": wrist_entry(threshold=threshold)})
+    line = f"threshold = {threshold!r}"
+    path.write_text(path.read_text().replace(line, f"{line}\nindeterminate = [{low!r}, {high!r}]"))
+
+
+def test_the_band_gives_three_tiers_for_the_study_and_each_image_at_its_edges(tiny_model_dir):
+    images = _images(3)
+    plain = Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images)
+    assert plain.indeterminate is None
+    p = plain.abnormal_probability
+    assert 0.02 < p < 0.98, "the edges below need room on both sides of the study's probability"
+
+    def predict(low: float, high: float, threshold: float):
+        _with_band(tiny_model_dir, low=low, high=high, threshold=threshold)
+        return Predictor(ModelRegistry(tiny_model_dir).get("XR_WRIST")).predict(images)
+
+    inside = predict(p - 0.01, p + 0.01, threshold=p)
+    assert (inside.label, inside.indeterminate, inside.threshold) == (
+        "indeterminate",
+        (p - 0.01, p + 0.01),
+        p,
+    )
+    assert inside.abnormal_probability == pytest.approx(p, abs=1e-12)  # the band changes the label, never P
+    assert predict(p, p + 0.01, threshold=p).label == "indeterminate"  # P == low: in the band
+    assert predict(p - 0.01, p, threshold=p).label == "abnormal"  # P == high: abnormal
+    assert predict(p + 0.001, p + 0.01, threshold=p + 0.005).label == "normal"  # below the band
+    assert predict(p - 0.01, p - 0.001, threshold=p - 0.005).label == "abnormal"  # above it
+    # Each image gets its own tier by the same rule.
+    spec = ModelRegistry(tiny_model_dir).spec("XR_WRIST")
+    for image in predict(p - 0.01, p + 0.01, threshold=p).images:
+        assert image.label == spec.label_for(image.abnormal_probability)

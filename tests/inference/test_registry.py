@@ -18,6 +18,7 @@ from inference.registry import (
     ModelRegistry,
     UnsupportedBodyPart,
     get_registry,
+    result_label,
 )
 from tests.inference.conftest import build_tiny_cnn, wrist_entry, write_manifest
 
@@ -243,3 +244,75 @@ def test_invalid_output_semantics_are_rejected(tmp_path, overrides, message):
 
     with pytest.raises(ManifestError, match=message):
         ModelRegistry(tmp_path)
+
+
+# --- the indeterminate band (issue 10) ---------------------------------------------------------
+def _band_manifest(tmp_path, band: str, *, threshold: float = 0.5) -> Path:
+    """A wrist entry with ``indeterminate = <band>`` written as raw TOML (numbers stay numbers)."""
+    path = write_manifest(tmp_path, {"XR_WRIST": wrist_entry(threshold=threshold)})
+    line = f"threshold = {threshold!r}"
+    path.write_text(path.read_text().replace(line, f"{line}\nindeterminate = {band}"))
+    return path
+
+
+def test_a_band_is_read_as_low_and_high(tmp_path):
+    _band_manifest(tmp_path, "[0.35, 0.65]")
+    spec = ModelRegistry(tmp_path).spec("XR_WRIST")
+    assert spec.indeterminate == (0.35, 0.65)
+    _band_manifest(tmp_path, "[0.5, 1]")  # the threshold may be an edge; integers are numbers
+    assert ModelRegistry(tmp_path).spec("XR_WRIST").indeterminate == (0.5, 1.0)
+
+
+def test_no_band_key_means_no_band(tmp_path):
+    assert _spec(tmp_path).indeterminate is None
+
+
+@pytest.mark.parametrize(
+    ("band", "threshold", "message"),
+    [
+        ("[0.35]", 0.5, r"two numbers \[low, high\]"),
+        ("[0.2, 0.5, 0.8]", 0.5, r"two numbers \[low, high\]"),
+        ('["0.35", "0.65"]', 0.5, r"two numbers \[low, high\]"),
+        ("0.35", 0.5, r"two numbers \[low, high\]"),
+        ("[true, false]", 0.5, r"two numbers \[low, high\]"),
+        ("[-0.1, 0.6]", 0.5, r"within \[0, 1\]"),
+        ("[0.4, 1.2]", 0.5, r"within \[0, 1\]"),
+        ("[0.65, 0.35]", 0.5, "needs low < high"),
+        ("[0.5, 0.5]", 0.5, "needs low < high; leave the key out"),
+        ("[0.55, 0.7]", 0.5, r"must contain the threshold 0.5 \(low <= threshold <= high\)"),
+        ("[0.2, 0.4]", 0.5, "must contain the threshold 0.5"),
+    ],
+)
+def test_invalid_bands_are_refused_with_a_clear_message(tmp_path, band, threshold, message):
+    _band_manifest(tmp_path, band, threshold=threshold)
+
+    with pytest.raises(ManifestError, match=message) as error:
+        ModelRegistry(tmp_path)
+    assert "[XR_WRIST]: indeterminate" in str(error.value)
+
+
+def test_shipped_manifest_gives_every_seed_model_a_band_around_its_threshold():
+    registry = ModelRegistry(REPO_MODELS)
+    for body_part in registry.body_parts():
+        spec = registry.spec(body_part)
+        assert spec.indeterminate == (0.35, 0.65)
+        low, high = spec.indeterminate
+        assert low <= spec.threshold <= high
+
+
+@pytest.mark.parametrize(
+    ("probability", "band", "label"),
+    [
+        (0.3499999, (0.35, 0.65), "normal"),
+        (0.35, (0.35, 0.65), "indeterminate"),  # the band's low end is in the band
+        (0.5, (0.35, 0.65), "indeterminate"),  # at the threshold: no call
+        (0.6499999, (0.35, 0.65), "indeterminate"),
+        (0.65, (0.35, 0.65), "abnormal"),  # the high end is abnormal, as the threshold is without a band
+        (0.0, (0.0, 0.5), "indeterminate"),
+        (1.0, (0.5, 1.0), "abnormal"),
+        (0.4999999, None, "normal"),
+        (0.5, None, "abnormal"),
+    ],
+)
+def test_result_label_at_the_band_edges(probability, band, label):
+    assert result_label(probability, threshold=0.5, indeterminate=band) == label

@@ -198,12 +198,18 @@ def test_upload_png_jpeg_and_dicom(staff, settings, django_capture_on_commit_cal
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = staff.post(
             f"/api/v1/studies/{study.pk}/images/",
-            {"file": [WRIST_PNG.open("rb"), HAND_JPEG.open("rb"), SMALL_DICOM.open("rb")]},
+            {
+                "file": [WRIST_PNG.open("rb"), HAND_JPEG.open("rb"), SMALL_DICOM.open("rb")],
+                # The DICOM test file is another patient's cervical spine (tests/studies/test_intake.py).
+                "confirm_mismatch": "true",
+                "mismatch_reason": "test file",
+            },
             format="multipart",
         )
     assert response.status_code == 201, response.content
     images = response.json()["images"]
     assert [image["status"] for image in images] == ["queued"] * 3
+    assert [image["confirmed_mismatch"] is not None for image in images] == [False, False, True]
     assert len(callbacks) == 1
     formats = list(Radiograph.objects.order_by("id").values_list("format", flat=True))
     assert formats == ["png", "jpeg", "dcm"]
@@ -267,7 +273,11 @@ def test_upload_without_files_is_400(staff):
 # --- images and their files --------------------------------------------------------------
 def test_image_detail_and_file_views(staff, staff_user, settings):
     study = StudyFactory()
-    staff.post(f"/api/v1/studies/{study.pk}/images/", {"file": [SMALL_DICOM.open("rb")]}, format="multipart")
+    staff.post(
+        f"/api/v1/studies/{study.pk}/images/",
+        {"file": [SMALL_DICOM.open("rb")], "confirm_mismatch": "true", "mismatch_reason": "test file"},
+        format="multipart",
+    )
     image = Radiograph.objects.get()
     body = staff.get(f"/api/v1/images/{image.pk}/").json()
     assert {

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from studies.models import Study
+from studies.models import Study, WorklistRank
 from studies.selectors import audit_events, patient_list, study_detail, worklist
 from studies.services import study_view_record
 from tests.factories import (
@@ -122,9 +122,9 @@ def test_worklist_sort_key_follows_results_and_reviews(radiologist_user):
     result = StudyResultFactory(abnormal_probability=0.9)
     study = result.study
     study.refresh_from_db()
-    assert (study.worklist_flagged, study.worklist_probability) == (True, 0.9)
+    assert (study.worklist_rank, study.worklist_probability) == (WorklistRank.FLAGGED, 0.9)
 
     review_create(study=study, radiologist=radiologist_user, decision="confirm", final_label=None)
     study.refresh_from_db()
-    assert (study.worklist_flagged, study.worklist_probability) == (False, 0.9)
+    assert (study.worklist_rank, study.worklist_probability) == (WorklistRank.OTHER, 0.9)
     assert worklist(user=radiologist_user, flagged=False).get() == study

@@ -319,7 +319,7 @@ def test_failed_job_shows_its_error_and_run_again_requeues(client, staff):
 def test_run_again_without_failed_images_says_so(client, staff):
     study = StudyResultFactory().study
     response = client.post(reverse("study_requeue", args=[study.pk]), follow=True)
-    assert "no failed images" in response.content.decode()
+    assert "no failed or stalled images" in response.content.decode()
 
 
 def test_unknown_study_is_404(client, staff):

@@ -33,16 +33,25 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         out_dir: Path = options["out"]
         started = time.perf_counter()
-        self.stderr.write(f"training demo models into {out_dir} (synthetic data; ~1 min on 2 CPU cores)")
+        # Progress, not an error: stdout (Django styles stderr red).
+        self.stdout.write(f"training demo models into {out_dir} (synthetic data; ~1 min on 2 CPU cores)")
         results = build_demo_models(
             out_dir=out_dir, body_parts=tuple(options["body_parts"]), seed=options["seed"]
         )
         for result in results:
             self.stdout.write(
                 f"{result.body_part:12s} held-out accuracy {result.held_out_accuracy:6.1%}  "
-                f"{result.size_bytes / 1024:6.0f} KiB  {result.seconds:5.1f} s"
+                f"{result.size_bytes / 1024:6.0f} KiB  {result.seconds:5.1f} s  "
+                + (
+                    f"OOD threshold {result.ood_threshold:.2f}"
+                    if result.ood_threshold is not None
+                    else "no OOD reference (shared radiographs not found)"
+                )
             )
+        # Advice only when it is needed: `make run` has already pointed MSKDETECT_MODEL_DIR here.
+        in_use = Path(settings.MSKDETECT_MODEL_DIR).resolve() == Path(out_dir).resolve()
         self.stdout.write(
             f"wrote {len(results)} demo models and models.toml to {out_dir} in "
-            f"{time.perf_counter() - started:.0f} s; set MSKDETECT_MODEL_DIR={out_dir} to use them"
+            f"{time.perf_counter() - started:.0f} s"
+            + ("" if in_use else f"; set MSKDETECT_MODEL_DIR={out_dir} to use them")
         )

@@ -9,6 +9,7 @@ steps fails the earlier ones are undone. A refusal leaves the model dir exactly 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -28,6 +29,14 @@ from inference.manifest_writer import read_manifest_text, with_entry, write_mani
 from inference.model_card import MURA_VALID, build_card, card_path, write_card
 from inference.mura import SPLITS, MuraFormatError, MuraStudy, find_dataset_dir, read_split
 from inference.onnx_runtime import OnnxClassifier
+from inference.ood import (
+    OodReference,
+    OodReferenceError,
+    fit_model_reference,
+    reference_path,
+    write_reference,
+)
+from inference.ood_samples import ReferenceFolderError, decode_reference, reference_paths
 from inference.predictor import Predictor, model_input_size
 from inference.preprocessing import UnknownProfile, UnsupportedInputSize, get_profile
 from inference.registry import (
@@ -70,6 +79,17 @@ def describe_model(model: object) -> list[str]:
     return lines
 
 
+def _band(text: str) -> list[float]:
+    """``--indeterminate LOW,HIGH`` as two numbers; the manifest parser checks them against the threshold."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return [float(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 0.35,0.65, not {text!r}") from None
+
+
 def _first_output(outputs: object) -> np.ndarray:
     return np.asarray(outputs[0] if isinstance(outputs, list | tuple) else outputs, dtype=np.float64)
 
@@ -90,6 +110,13 @@ class Command(BaseCommand):
         add("--labels", help="meaning of the outputs, in order (default: abnormal,normal; sigmoid: abnormal)")
         add("--output", choices=OUTPUTS, help="softmax: one output per label (default); sigmoid: one output")
         add("--threshold", type=float, default=0.5, help="a study is abnormal at P(abnormal) >= this")
+        add(
+            "--indeterminate",
+            type=_band,
+            metavar="LOW,HIGH",
+            help="indeterminate band around the threshold, e.g. 0.35,0.65: a study with LOW <= P(abnormal) "
+            "< HIGH is called neither abnormal nor normal (default: no band, see models/README.md)",
+        )
         add("--name", help="model name shown with results (default: the file's stem)")
         add("--model-dir", type=Path, help="folder with models.toml (default: MSKDETECT_MODEL_DIR)")
         add("--demo", action="store_true", help="mark it a demo model: not for clinical use")
@@ -98,6 +125,14 @@ class Command(BaseCommand):
         add("--split", choices=SPLITS, default="valid", help="split of --validate-on (default: valid)")
         add("--set-name", help="validation set's name on the card (default: e.g. 'MURA-v1.1 valid')")
         add("--smoke-dir", type=Path, help="radiographs for the smoke test (default: the shared test data)")
+        add(
+            "--ood-reference",
+            type=Path,
+            metavar="DIR",
+            help="in-distribution radiographs for the out-of-distribution score: a folder of images or "
+            "a MURA-layout folder (its train split, this body part) "
+            "(default: the shared upper-limb radiographs)",
+        )
         add("--batch-size", type=int, default=settings.MSKDETECT_BATCH_SIZE)
 
     def handle(self, *args, **options) -> None:
@@ -184,7 +219,8 @@ class Command(BaseCommand):
         new_text, spec = self._entry(options, staging=staging, current_text=current_text, entry={
             "file": relative.as_posix(), "name": name, "preprocessing": options["preprocessing"],
             "labels": self._labels(options), "output": options["output"],
-            "threshold": float(options["threshold"]), "sha256": version, "demo": bool(options["demo"]),
+            "threshold": float(options["threshold"]), "indeterminate": options["indeterminate"],
+            "sha256": version, "demo": bool(options["demo"]),
         })  # fmt: skip
 
         staged = destination
@@ -206,10 +242,11 @@ class Command(BaseCommand):
         loaded = LoadedModel(spec=spec, model=opened.model, version=version)
         self._smoke_test(loaded=loaded, paths=smoke_paths, batch_size=options["batch_size"])
         card = self._card(options, loaded=loaded, studies=studies) if studies else None
+        ood_reference = self._ood_reference(options, loaded=loaded)
 
         self._commit(
             model_dir=model_dir, staging=staging, staged=staged if copy_needed else None,
-            destination=destination, card=card, manifest_text=new_text,
+            destination=destination, card=card, manifest_text=new_text, ood_reference=ood_reference,
         )  # fmt: skip
         self.stdout.write(
             self.style.SUCCESS(
@@ -221,6 +258,14 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"it replaces {previous.path.name} for {body_part}; that file stays in {model_dir}"
             )
+        if spec.indeterminate is None:
+            self.stdout.write(
+                "no indeterminate band: every result is abnormal or normal at the threshold "
+                "(give --indeterminate LOW,HIGH for a band)"
+            )
+        else:
+            low, high = spec.indeterminate
+            self.stdout.write(f"indeterminate band: {low:g} <= P(abnormal) < {high:g}")
         self.stdout.write("workers load each model once: restart them to serve the new entry")
 
     def _destination(self, *, source: Path, model_dir: Path, force: bool) -> tuple[Path, bool]:
@@ -368,8 +413,9 @@ class Command(BaseCommand):
         destination: Path,
         card: dict | None,
         manifest_text: str,
+        ood_reference: OodReference | None = None,
     ) -> None:
-        """Move the file in, write the card, then the manifest; undo what was done if a step fails."""
+        """Move the file in, write the card and OOD reference, then the manifest; undo all if a step fails."""
         undo: list[Callable[[], None]] = []
         try:
             if staged is not None:
@@ -386,6 +432,12 @@ class Command(BaseCommand):
                 cards_dir_existed = path.parent.exists()
                 write_card(model_dir=model_dir, card=card)
                 undo.append(lambda: _restore(path, old_card, remove_dir=not cards_dir_existed))
+            if ood_reference is not None:
+                ood_path = reference_path(model_dir=model_dir, version=ood_reference.model_version)
+                old_reference = ood_path.read_bytes() if ood_path.exists() else None
+                ood_dir_existed = ood_path.parent.exists()
+                write_reference(model_dir=model_dir, reference=ood_reference)
+                undo.append(lambda: _restore(ood_path, old_reference, remove_dir=not ood_dir_existed))
             write_manifest_text(model_dir=model_dir, text=manifest_text)
         except BaseException as error:
             for step in reversed(undo):
@@ -398,6 +450,38 @@ class Command(BaseCommand):
         if card is not None:
             self.stdout.write(f"card: {card_path(model_dir=model_dir, version=card['model_version'])}")
             self._report_card(card)
+        if ood_reference is not None:
+            self.stdout.write(
+                f"OOD reference: {reference_path(model_dir=model_dir, version=ood_reference.model_version)} "
+                f"({ood_reference.meta['images']} images, threshold {ood_reference.threshold:.2f})"
+            )
+
+    def _ood_reference(self, options: dict, *, loaded: LoadedModel) -> OodReference | None:
+        """The model's OOD reference from ``--ood-reference`` (default: the shared radiographs)."""
+        directory = options["ood_reference"]
+        if directory is None:
+            try:
+                directory = locate_shared_data()
+            except SharedDataNotFound:
+                self.stderr.write(
+                    "no OOD reference: the shared radiographs were not found (give --ood-reference)"
+                )
+                return None
+        try:
+            paths = reference_paths(directory, body_part=options["body_part"])
+        except ReferenceFolderError as error:
+            raise CommandError(f"--ood-reference: {error}") from error
+        images, names, skipped = decode_reference(paths, root=Path(directory))
+        if skipped:
+            self.stderr.write(f"OOD reference: {len(skipped)} file(s) not readable, left out")
+        self.stdout.write(f"fitting the OOD reference on {len(images)} radiograph(s) from {directory}...")
+        try:
+            return fit_model_reference(
+                loaded=loaded, images=images, names=names, source=str(Path(directory).resolve()),
+                batch_size=options["batch_size"],
+            )  # fmt: skip
+        except OodReferenceError as error:
+            raise CommandError(f"--ood-reference: {error}") from error
 
 
 def _remove(path: Path) -> None:

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from inference.decoding import DecodedImage, DecodeError, decode_image
 from inference.onnx_runtime import RUNTIMES
 from inference.predictor import Predictor
-from inference.registry import ABNORMAL, BODY_PARTS, ModelLoadError, ModelRegistry, UnsupportedBodyPart
+from inference.registry import BODY_PARTS, ModelLoadError, ModelRegistry, UnsupportedBodyPart
 
 
 def _heatmap_path(*, heatmap_dir: Path, source: Path, taken: set[Path]) -> Path:
@@ -92,7 +92,7 @@ class Command(BaseCommand):
             for position, ((index, _, _), probability) in enumerate(zip(decoded, probabilities, strict=True)):
                 results[index].update(
                     abnormal_probability=round(float(probability), 6),
-                    label=ABNORMAL if probability >= spec.threshold else "normal",
+                    label=spec.label_for(probability),
                     model_name=spec.name,
                     model_version=loaded.version,
                     demo=spec.demo,

@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 CHILD_FLAG = "MSKDETECT_BENCHMARK_SCRATCH"
 SMALL = 100
 VERSION = "0" * 63 + "1"
+BAND = (0.35, 0.65)
 
 
 class Command(BaseCommand):
@@ -170,6 +171,8 @@ def _fill(*, total: int) -> None:
         StudyResult,
         StudyStatus,
     )
+    from studies.services.predictions import result_label
+    from studies.services.worklist import worklist_rank
 
     start = Study.objects.count()
     if start >= total:
@@ -224,7 +227,11 @@ def _fill(*, total: int) -> None:
         return (study.pk * 37 % 100) / 100
 
     def label(study) -> str:
-        return Label.ABNORMAL if probability(study) >= 0.5 else Label.NORMAL
+        # The shipped band, so about a third of the results are indeterminate.
+        return result_label(probability(study), threshold=0.5, indeterminate=BAND)
+
+    def final_label(study) -> str:
+        return label(study) if label(study) in Label.values else Label.ABNORMAL
 
     Prediction.objects.bulk_create(
         [
@@ -236,6 +243,8 @@ def _fill(*, total: int) -> None:
                 abnormal_probability=probability(study),
                 label=label(study),
                 threshold=0.5,
+                indeterminate_low=BAND[0],
+                indeterminate_high=BAND[1],
                 preprocessing="seed",
             )
             for study, image in done
@@ -249,6 +258,8 @@ def _fill(*, total: int) -> None:
                 abnormal_probability=probability(study),
                 label=label(study),
                 threshold=0.5,
+                indeterminate_low=BAND[0],
+                indeterminate_high=BAND[1],
                 model_name="bench",
                 model_version=VERSION,
             )
@@ -261,8 +272,9 @@ def _fill(*, total: int) -> None:
             Review(
                 study=study,
                 radiologist=radiologist,
-                decision="confirm",
-                final_label=label(study),
+                # An indeterminate result is ruled on; a call is confirmed.
+                decision="confirm" if label(study) in Label.values else "rule",
+                final_label=final_label(study),
                 model_label=label(study),
                 model_version=VERSION,
             )
@@ -274,7 +286,7 @@ def _fill(*, total: int) -> None:
     # The worklist sort key, as studies.services.worklist keeps it (bulk_create skips services).
     for study, _ in done:
         study.worklist_probability = probability(study)
-        study.worklist_flagged = label(study) == Label.ABNORMAL and study.status != StudyStatus.REVIEWED
+        study.worklist_rank = worklist_rank(label=label(study), reviewed=study.status == StudyStatus.REVIEWED)
     Study.objects.bulk_update(
-        [study for study, _ in done], ["worklist_flagged", "worklist_probability"], batch_size=2000
+        [study for study, _ in done], ["worklist_rank", "worklist_probability"], batch_size=2000
     )
