@@ -147,6 +147,7 @@ SPECTACULAR_SETTINGS = {
     # One schema name per choice set: the same choices appear on several serializers.
     "ENUM_NAME_OVERRIDES": {
         "LabelEnum": "studies.models.Label",
+        "ResultLabelEnum": "studies.models.ResultLabel",
         "StudyStatusEnum": "studies.models.StudyStatus",
         "ImageStatusEnum": "studies.models.ImageStatus",
     },
