@@ -40,7 +40,7 @@ import numpy as np
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16", "half"}
 _MODEL_CLASSES = {"Functional", "Model", "Sequential"}
 _DEPTHWISE_CLASSES = {"DepthwiseConv2D", "SeparableConv2D", "DepthwiseConv1D", "SeparableConv1D"}
-# Keras 2 variable names that Keras 3 layers spell differently.
+# Keras 2 variable names that some Keras 3 layers spell differently (DepthwiseConv2D's kernel).
 _VARIABLE_ALIASES = {"depthwise_kernel": "kernel"}
 # InceptionResNetV2 names its residual-scaling layers block35_N, block17_N and block8_N.
 _INCEPTION_RESNET_BLOCK = re.compile(r"^block(35|17|8)_\d+$")
@@ -217,7 +217,11 @@ def _layer_configs(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _drop_depthwise_groups(layer: dict[str, Any]) -> None:
-    # Keras 2 inherited ``groups`` from Conv; Keras 3's depthwise layers take no such argument.
+    # Keras 2 inherited ``groups`` (and, on separable layers, the unused ``kernel_*`` settings) from
+    # Conv; Keras 3's depthwise and separable layers take none of them.
+    if layer["class_name"].startswith("Separable"):
+        for key in ("kernel_initializer", "kernel_regularizer", "kernel_constraint"):
+            layer["config"].pop(key, None)
     groups = layer["config"].pop("groups", 1)
     if groups != 1:
         raise LegacyModelError(
@@ -492,7 +496,7 @@ def _pair_in_order(*, leaf: keras.layers.Layer, names: list[str], where: str) ->
         )
     for name, variable in zip(names, variables, strict=True):
         short = name.split("/")[-1].split(":")[0]
-        if _VARIABLE_ALIASES.get(short, short) != variable.name:
+        if variable.name not in {short, _VARIABLE_ALIASES.get(short, short)}:
             raise LegacyModelError(
                 f"layer {where!r}: file weight {name!r} would go to variable {variable.name!r}"
             )

@@ -19,6 +19,9 @@ def convert_file(*, source: Path, target: Path) -> None:
     import tensorflow as tf
     import tf2onnx
 
+    # Registers the layers the Keras 2 loader puts in place of Lambdas, which the .keras file names.
+    import inference.keras2_legacy  # noqa: F401
+
     keras.config.set_dtype_policy("float32")
     model = keras.saving.load_model(source, compile=False)
     signature = (tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name="input"),)

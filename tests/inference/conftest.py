@@ -3,18 +3,29 @@
 Reusable elsewhere: ``tiny_model_file`` (a small .keras CNN on seed-preprocessed 224x224x3 input,
 output 0 = abnormal), ``tiny_model_dir`` (a model dir holding it as XR_WRIST, with XR_HAND
 configured but missing), ``write_manifest`` and ``gray_image`` (a DecodedImage from an array).
+Keras 2 files: ``seed_format_file`` (the original notebook's model as it saved it, written through
+tf_keras), ``notebook_files`` (both cell orders), ``genuine_files`` (TF 2.10.1's own, slow).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from inference.decoding import DecodedImage
+from tests.inference.keras2_files import (
+    NOTEBOOK_FLOAT32_LAYERS,
+    GenuineFiles,
+    Keras2File,
+    ensure_genuine_files,
+    fast_inputs,
+    python310,
+    write_notebook_files,
+)
 
 SEED_FORMAT_INPUTS = 4
 
@@ -106,65 +117,28 @@ def tiny_model_dir(tmp_path, tiny_model_file) -> Path:
     return model_dir
 
 
-@dataclass(frozen=True)
-class SeedFormatFile:
-    path: Path
-    inputs: np.ndarray  # (N, 224, 224, 3) float32
-    reference: np.ndarray  # Keras 2 outputs for ``inputs``, computed in float32
-
-
-def _keras2_seed_model(tf_keras):
-    base = tf_keras.applications.InceptionResNetV2(include_top=False, weights=None, input_shape=(224, 224, 3))
-    return tf_keras.Sequential(
-        [
-            base,
-            tf_keras.layers.Flatten(),
-            tf_keras.layers.Dense(256, activation="relu"),
-            tf_keras.layers.Dropout(0.5),
-            tf_keras.layers.Dense(2, activation="softmax"),
-        ]
-    )
+# --- Keras 2 legacy HDF5 files (tests/inference/keras2_files.py) ----------------------------------
 
 
 @pytest.fixture(scope="session")
-def seed_format_file(tmp_path_factory) -> SeedFormatFile:
-    """A file in the seed's format, written through the Keras 2 API (``tf_keras``), once per session.
+def notebook_files(tmp_path_factory) -> dict[str, Keras2File]:
+    """The original notebook's model in both cell orders, written through tf_keras once per session.
 
-    The seed architecture is built under ``mixed_float16``, compiled with RMSprop and saved as
-    legacy HDF5, like the original files. The reference outputs come from a float32 Keras 2 clone
-    holding the same weights: under ``mixed_float16`` Keras 2 computes in float16 (errors ~1e-3),
-    while the registry computes in float32, so float32 is the like-for-like reference.
+    ``notebook-float32-layers``: built and compiled under float32, then ``mixed_float16`` set and the
+    file written by ModelCheckpoint (the notebook's own order: float32 layers, plain RMSprop).
+    ``notebook-mixed-layers``: built under ``mixed_float16`` (mixed layers, LossScaleOptimizer).
+    Both hold TF 2.10's Lambda layers and optimizer state; inputs span [0, 1] rather than the
+    seed's [0, 1/255] (loading fidelity does not depend on the range), reference outputs are
+    Keras 2's in float32.
     """
-    import tf_keras
+    inputs = fast_inputs(NOTEBOOK_FLOAT32_LAYERS, count=SEED_FORMAT_INPUTS)
+    return write_notebook_files(folder=tmp_path_factory.mktemp("notebook"), inputs=inputs)
 
-    rng = np.random.default_rng(7)
-    # Inputs span [0, 1] rather than the seed's [0, 1/255] so that the randomly initialised network's
-    # outputs differ visibly from image to image; loading fidelity does not depend on the range.
-    inputs = rng.random((SEED_FORMAT_INPUTS, 224, 224, 3), dtype=np.float32)
-    try:
-        tf_keras.mixed_precision.set_global_policy("float32")
-        tf_keras.utils.set_random_seed(7)
-        reference_model = _keras2_seed_model(tf_keras)
-        head = reference_model.layers[-1]
-        features = tf_keras.Model(reference_model.inputs, reference_model.layers[-2].output)(inputs).numpy()
-        kernel, bias = head.get_weights()
-        margins = features @ (kernel[:, 0] - kernel[:, 1])
-        # Scale and centre the last layer so the probabilities spread over (0, 1): an equality test
-        # on outputs that all sit at 0.5 ± 1e-6 could not tell a right load from a wrong one.
-        scale = 2.0 / max(float(np.std(margins)), 1e-12)
-        centre = float(np.mean(margins)) * scale / 2
-        head.set_weights([kernel * scale, np.array([-centre, centre], dtype=bias.dtype)])
-        reference = reference_model(inputs, training=False).numpy()
 
-        tf_keras.mixed_precision.set_global_policy("mixed_float16")
-        seed_model = _keras2_seed_model(tf_keras)
-        seed_model.set_weights(reference_model.get_weights())
-        seed_model.compile(optimizer=tf_keras.optimizers.RMSprop(1e-4), loss="categorical_crossentropy")
-        path = tmp_path_factory.mktemp("seed-format") / "WRIST.h5"
-        seed_model.save(path, save_format="h5")
-    finally:
-        tf_keras.mixed_precision.set_global_policy("float32")
-    return SeedFormatFile(path=path, inputs=inputs, reference=reference)
+@pytest.fixture(scope="session")
+def seed_format_file(notebook_files) -> Keras2File:
+    """The notebook's model as the notebook saved it (float32 layers, ModelCheckpoint), as WRIST.h5."""
+    return notebook_files[NOTEBOOK_FLOAT32_LAYERS.name]
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +146,21 @@ def seed_format_loaded(seed_format_file, tmp_path_factory):
     """The seed-format file loaded through the registry (the InceptionResNetV2 built once more)."""
     from inference.registry import ModelRegistry
 
-    model_dir = seed_format_file.path.parent
+    model_dir = tmp_path_factory.mktemp("seed-format")
+    (model_dir / "WRIST.h5").symlink_to(seed_format_file.path)
     write_manifest(model_dir, {"XR_WRIST": wrist_entry(file="WRIST.h5", demo=False)})
     return ModelRegistry(model_dir).get("XR_WRIST")
+
+
+@pytest.fixture(scope="session")
+def genuine_files(shared_data) -> GenuineFiles:
+    """Files written by TensorFlow 2.10.1 under Python 3.10, with TF 2.10's outputs on real radiographs.
+
+    Cached under ~/.cache/mskdetect/tf210 (first build: the venv ~6 minutes, the files ~4 minutes).
+    """
+    if os.environ.get("MSKDETECT_SLOW_TESTS") != "1":
+        pytest.skip("set MSKDETECT_SLOW_TESTS=1 to build a TensorFlow 2.10 venv (downloads ~600 MB)")
+    python = python310()
+    if python is None:
+        pytest.skip("python3.10 is not available (TensorFlow 2.10 has no wheels for newer Pythons)")
+    return ensure_genuine_files(python=python, shared_data=shared_data)

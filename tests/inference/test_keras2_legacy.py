@@ -116,7 +116,9 @@ def test_nested_functional_base_and_separate_activations(tf_keras, tmp_path):
 def test_sequential_around_a_functional_base(tf_keras, tmp_path):
     tf_keras.utils.set_random_seed(3)
     base_input = tf_keras.Input((32, 32, 3))
-    base = tf_keras.Model(base_input, tf_keras.layers.DepthwiseConv2D(3)(base_input), name="base")
+    # Xception and MobileNet hold separable and depthwise convolutions (Keras 2 adds Conv's keys).
+    separable = tf_keras.layers.SeparableConv2D(4, 3)(tf_keras.layers.DepthwiseConv2D(3)(base_input))
+    base = tf_keras.Model(base_input, separable, name="base")
     model = tf_keras.Sequential(
         [base, tf_keras.layers.GlobalAveragePooling2D(), tf_keras.layers.Dense(1, "sigmoid")]
     )

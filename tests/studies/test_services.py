@@ -215,7 +215,8 @@ def test_requeue_sends_failed_images_again(staff_user, django_capture_on_commit_
     failed.refresh_from_db(), done.refresh_from_db(), study.refresh_from_db()
     assert (failed.status, failed.error, done.status) == (ImageStatus.QUEUED, "", ImageStatus.DONE)
     assert study.status == StudyStatus.QUEUED
-    assert AuditEvent.objects.get(action="study.requeued").details == {"images": [failed.pk], "stalled": False}
+    details = AuditEvent.objects.get(action="study.requeued").details
+    assert details == {"images": [failed.pk], "stalled": False}
     with pytest.raises(ConflictError):
         radiographs_requeue(study=study, actor=staff_user)
 
