@@ -18,6 +18,9 @@ export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # WARNING lines, and the CUDA probe's "failed call to cuInit" on a machine without a GPU driver.
 TF_NOISE='^(WARNING: All log messages before absl::InitializeLog|[IW][0-9]{4} [0-9:.]+ +[0-9]+ |E[0-9]{4} .*(cuInit|cuda_|cudart))'
 quiet_tf() { grep --line-buffered -v -E "$TF_NOISE" >&2 || true; }
+# Beat's routine look for stale images, every 10 s: three INFO lines each time, none of them news.
+HOUSEKEEPING='redispatch[-_]stale[-_]images'
+quiet_worker() { grep --line-buffered -v -E "$TF_NOISE|$HOUSEKEEPING" >&2 || true; }
 mkdir -p var
 
 "$PY" manage.py migrate --noinput
@@ -89,7 +92,7 @@ trap stop_all INT TERM EXIT
 
 "$PY" manage.py runserver "$HOST:$PORT" &
 pids+=($!)
-.venv/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO 2> >(quiet_tf) &
+.venv/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO 2> >(quiet_worker) &
 pids+=($!)
 
 case "$HOST" in
