@@ -203,6 +203,13 @@ def has_gradcam_layer(model: keras.Model) -> bool:
 
 
 def _is_4d(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, keras.Model) and not _is_4d_output(layer):
+        # A base that pools itself (``pooling="avg"``): the target is inside, before its pooling.
+        return any(_is_4d(inner) for inner in layer.layers if not isinstance(inner, keras.layers.InputLayer))
+    return _is_4d_output(layer)
+
+
+def _is_4d_output(layer: keras.layers.Layer) -> bool:
     try:
         return len(layer.output.shape) == 4
     except (AttributeError, ValueError):
@@ -247,7 +254,8 @@ def _forward_to_last_layer(
     def forward(inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         outputs = inputs
         for layer in before:
-            outputs = layer(outputs, training=False)
+            if not isinstance(layer, keras.layers.InputLayer):  # a functional model lists its Input
+                outputs = layer(outputs, training=False)
         feature_maps, outputs = target_call(outputs, training=False)
         for layer in after:
             outputs = layer(outputs, training=False)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from inference.gradcam import feature_split
+from inference.gradcam import feature_split, gradcam_heatmaps
 from inference.keras2_legacy import LegacyModelError, load_legacy_hdf5
 from inference.model_files import float32_policy, open_model
 from inference.registry import ModelLoadError, ModelRegistry
@@ -233,3 +233,21 @@ def test_a_tf_savedmodel_folder_runs_its_serving_signature(tf_keras, tmp_path):
     registry = ModelRegistry(tmp_path)
     assert registry.available("XR_WRIST")
     assert len(registry.get("XR_WRIST").version) == 64
+
+
+def test_heat_maps_come_from_inside_a_base_that_pools_itself(tf_keras, tmp_path):
+    # keras.applications bases built with pooling="avg" (Xception, DenseNet...) end in a 2-D output:
+    # the Grad-CAM target is the base's last 4-D layer, inside it.
+    tf_keras.utils.set_random_seed(8)
+    base_input = tf_keras.Input((32, 32, 3))
+    maps = tf_keras.layers.Conv2D(6, 3, activation="relu", name="last_conv")(base_input)
+    base = tf_keras.Model(base_input, tf_keras.layers.GlobalAveragePooling2D()(maps), name="pooled_base")
+    image = tf_keras.Input((32, 32, 3))
+    model = tf_keras.Model(image, tf_keras.layers.Dense(2, activation="softmax")(base(image)))
+    path = _save(model, tmp_path / "pooled.h5")
+
+    heatmaps = gradcam_heatmaps(_load(path).model, _inputs())
+
+    assert heatmaps.shape == (4, 30, 30)
+    assert np.isfinite(heatmaps).all()
+    assert heatmaps.max() == pytest.approx(1.0)
