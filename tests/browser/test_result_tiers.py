@@ -42,7 +42,12 @@ def _study(*, accession: str, probability: float, image: bytes, band=BAND) -> St
 def _watch_requests(browser) -> None:
     """Every failed request and every answer of 400 or more counts as a problem."""
     page = browser.page
-    page.on("requestfailed", lambda request: browser.problems.append(f"request failed: {request.url}"))
+    page.on(
+        "requestfailed",
+        lambda request: browser.problems.append(
+            f"request failed: {request.url} ({request.failure}) on {page.url}"
+        ),
+    )
     page.on(
         "response",
         lambda response: (
@@ -104,6 +109,8 @@ def test_a_radiologist_rules_on_an_indeterminate_study(open_page):
     _watch_requests(browser)
     browser.login("rita", PASSWORD)
     page = browser.page
+    # The worklist's thumbnail would be aborted by leaving at once, which counts as a failed request.
+    browser.wait_until("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     browser.goto(f"/studies/{unsure.pk}/")
     assert (
         page.get_by_test_id("model-label").inner_text().strip()
@@ -118,5 +125,6 @@ def test_a_radiologist_rules_on_an_indeterminate_study(open_page):
     page.locator("#final-label-normal").check()
     page.get_by_role("button", name="Record review").click()
     page.wait_for_url(f"**/studies/{unsure.pk}/#review")
+    browser.wait_until("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     assert "Ruling → final label Normal" in page.get_by_test_id("review-history").inner_text()
     assert browser.problems == []
