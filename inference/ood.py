@@ -37,7 +37,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -337,15 +337,7 @@ def fit_reference(
 
 
 def _with_median(distance: ShrunkDistance, median: float) -> ShrunkDistance:
-    return ShrunkDistance(
-        mean=distance.mean,
-        scale=distance.scale,
-        components=distance.components,
-        eigenvalues=distance.eigenvalues,
-        shrinkage=distance.shrinkage,
-        mu=distance.mu,
-        median=max(median, 1e-9),
-    )
+    return replace(distance, median=max(median, 1e-9))
 
 
 # --- building a reference with a model --------------------------------------------------------------
