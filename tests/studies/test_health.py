@@ -19,15 +19,6 @@ def model_dir(tmp_path, settings):
     return directory
 
 
-@pytest.fixture
-def queue_dir(tmp_path, settings):
-    folder = tmp_path / "broker"
-    folder.mkdir()
-    settings.CELERY_BROKER_URL = "filesystem://"
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
-    return folder
-
-
 def test_healthz_reports_each_part_without_auth_or_patient_data(client, model_dir, queue_dir, settings):
     PatientFactory(name="Ada Lovelace", mrn="SECRET-MRN")
     response = client.get("/healthz")

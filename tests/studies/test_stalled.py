@@ -22,15 +22,6 @@ def staff(client):
     return user
 
 
-@pytest.fixture
-def queue_dir(tmp_path, settings):
-    folder = tmp_path / "broker"
-    folder.mkdir()
-    settings.CELERY_BROKER_URL = "filesystem://"
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
-    return folder
-
-
 def waiting_study(*, idle_seconds: float, status=StudyStatus.PROCESSING, claimed_worker: str = "") -> Study:
     study = StudyFactory(status=status)
     image_status = ImageStatus.PROCESSING if status == StudyStatus.PROCESSING else ImageStatus.QUEUED
