@@ -299,6 +299,7 @@ def _dicom_geometry(ds: Dataset) -> tuple[int, int, int]:
 def _dicom_metadata(ds: Dataset) -> dict[str, str]:
     values = {
         "patient_id": ds.get("PatientID"),
+        "issuer_of_patient_id": ds.get("IssuerOfPatientID"),
         "accession_number": ds.get("AccessionNumber"),
         "patient_name": ds.get("PatientName"),
         "body_part_examined": ds.get("BodyPartExamined"),
@@ -329,7 +330,9 @@ def _check_pixel_count(width: int, height: int, frames: int, *, max_pixels: int,
         )
 
 
-def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode_dicom_stored(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Dataset, np.ndarray]:
+    """The dataset and its first frame's stored values, before any LUT (for the viewer's
+    window/level on the original depth); the same checks and refusals as ``decode_image``."""
     ds = _read_dicom(data)
     modality = str(ds.get("Modality") or "").strip().upper()
     if modality and modality not in ALLOWED_MODALITIES:
@@ -344,8 +347,12 @@ def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
     if rows == 0 or columns == 0:
         raise CorruptImage("The DICOM file has pixel data but no image size (Rows, Columns).")
     _check_pixel_count(columns, rows, frames, max_pixels=max_pixels, fmt="dcm")
+    return ds, _decode_first_frame(ds, data)
 
-    raw = _decode_first_frame(ds, data)
+
+def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
+    ds, raw = decode_dicom_stored(data, max_pixels=max_pixels)
+    rows, columns, _frames = _dicom_geometry(ds)
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         pixels = _display_grayscale(raw, ds, invert=photometric == "MONOCHROME1")

@@ -23,6 +23,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from inference.decoding import DecodedImage, DecodeError, decode_image
 from inference.model_card import ModelCardError, read_card
+from inference.original_pixels import OriginalPixels, read_original_pixels
 from inference.worker import WorkerStopping, current_worker_id, job_running, wait_for_warm_up
 from studies.models import BodyPart, Radiograph
 from studies.selectors_workers import alive_since
@@ -71,6 +72,12 @@ def screen_upload(data: bytes) -> DecodedImage:
     decoded = inspect_upload(data)
     check_radiograph_content(decoded.pixels)
     return decoded
+
+
+def original_pixels(data: bytes) -> OriginalPixels:
+    """An upload's pixel values at their original depth, for the viewer's window/level; raises
+    DecodeError like `inspect_upload`."""
+    return read_original_pixels(data, max_pixels=settings.MSKDETECT_MAX_PIXELS)
 
 
 def display_pixels(data: bytes) -> np.ndarray:

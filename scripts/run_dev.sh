@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # `make run`: migrate, create the demo users, pick the models (real weights when present,
-# generated demo models otherwise), then run the web server and a real Celery worker (with
-# embedded beat) in the foreground. Ctrl-C stops both, quietly: a job in progress is handed back
-# and resumes when the worker next starts.
-#   HOST (default 127.0.0.1; 0.0.0.0 to be reachable from other machines), PORT (default 8000)
+# generated demo models otherwise), then run the web server, a real Celery worker (with
+# embedded beat) and the DICOM receiver in the foreground. Ctrl-C stops all three, quietly: a job
+# in progress is handed back and resumes when the worker next starts.
+#   HOST (default 127.0.0.1; 0.0.0.0 to be reachable from other machines), PORT (default 8000);
+#   the receiver listens on HOST too, port MSKDETECT_DICOM_PORT (11112), AE MSKDETECT_DICOM_AE_TITLE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
+DICOM_PORT="${MSKDETECT_DICOM_PORT:-11112}"
+DICOM_AE_TITLE="${MSKDETECT_DICOM_AE_TITLE:-MSKDETECT}"
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-mskdetect.settings.local}"
 export PYTHONUNBUFFERED=1
 # TensorFlow's C++ notes (oneDNN, no CUDA driver) say nothing a user of `make run` can act on.
@@ -75,11 +78,13 @@ set -m
 pids=()
 stop_all() {
   trap - INT TERM EXIT
-  echo "Stopping the web server and the worker..."
+  echo "Stopping the web server, the worker and the DICOM receiver..."
   # runserver: its whole group (the autoreloader's child). The worker: its main process only,
-  # which stops its pool child and beat itself and hands back a job in progress.
+  # which stops its pool child and beat itself and hands back a job in progress. The receiver
+  # lets an association in progress finish (a few seconds at most here), then exits.
   kill -TERM -- "-${pids[0]}" 2>/dev/null || true
   kill -TERM "${pids[1]}" 2>/dev/null || true
+  kill -TERM "${pids[2]}" 2>/dev/null || true
   for _ in $(seq 20); do
     alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -94,12 +99,16 @@ trap stop_all INT TERM EXIT
 pids+=($!)
 .venv/bin/celery -A mskdetect worker -B -Q inference,celery --concurrency 1 --loglevel INFO 2> >(quiet_worker) &
 pids+=($!)
+# pynetdicom listens on IPv4: an IPv6 HOST means every interface.
+case "$HOST" in *:*) dicom_bind=0.0.0.0 ;; *) dicom_bind="$HOST" ;; esac
+"$PY" manage.py dicom_receiver --bind "$dicom_bind" --port "$DICOM_PORT" --grace-seconds 5 &
+pids+=($!)
 
 case "$HOST" in
   0.0.0.0 | "::") where="http://127.0.0.1:$PORT/ (listening on all interfaces, port $PORT)" ;;
   *:*) where="http://[$HOST]:$PORT/" ;;
   *) where="http://$HOST:$PORT/" ;;
 esac
-echo "MSK-Detect: $where  (Ctrl-C stops the web server and the worker)"
-# When either one exits, stop the other.
+echo "MSK-Detect: $where; DICOM receiver $DICOM_AE_TITLE on port $DICOM_PORT  (Ctrl-C stops them all)"
+# When any one exits, stop the others.
 wait -n || true

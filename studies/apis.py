@@ -7,13 +7,17 @@ address, the token endpoint answers 429 `{"detail": …}` until the cool-off end
 right password.
 """
 
+import gzip
 import mimetypes
+import re
 from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse, HttpResponse, HttpResponseNotModified
+from django.urls import reverse
+from django.utils.http import parse_etags
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers, status
@@ -31,6 +35,7 @@ from studies.audit import request_ip
 from studies.errors import ApplicationError, NotFoundError
 from studies.models import ImageFormat, Radiograph
 from studies.permissions import IsAdmin, IsRadiologist, IsStaffMember
+from studies.pixels import ensure_pixels, pixels_etag
 from studies.previews import ensure_preview
 from studies.serializers import (
     AuditEventFilterSerializer,
@@ -60,6 +65,8 @@ CONTENT_TYPES = {
     ImageFormat.JPEG: "image/jpeg",
     ImageFormat.DICOM: "application/dicom",
 }
+# "gzip" in Accept-Encoding, unless refused with q=0.
+ACCEPTS_GZIP = re.compile(r"\bgzip\b(?!\s*;\s*q\s*=\s*0(?:\.0*)?\s*(?:,|$))", re.IGNORECASE)
 
 
 class ApiView(APIView):
@@ -284,15 +291,22 @@ def _no_store(response: HttpResponse) -> HttpResponse:
 class _ImageFileBase(ApiView):
     content_negotiation_class = AnyContentNegotiation
     part = ""
+    # A download of the original is always an image view of its own.
+    always_audited = False
 
     def _record_view(self, request: Request, image: Radiograph) -> None:
-        services.radiograph_view_record(
-            image=image, actor=request.user, ip=request_ip(request), part=self.part
-        )
+        # Pages record their own view: the study page one `study.viewed` per opening, whatever the
+        # number of thumbnails, heat maps and pixel fetches it makes. An API client (token) has no
+        # page, so its fetch of an image's pixels is audited here. See docs/viewer.md.
+        if self.always_audited or isinstance(request.successful_authenticator, TokenAuthentication):
+            services.radiograph_view_record(
+                image=image, actor=request.user, ip=request_ip(request), part=self.part
+            )
 
 
 class ImageFileApi(_ImageFileBase):
     part = "file"
+    always_audited = True
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request: Request, pk: int) -> HttpResponse:
@@ -323,6 +337,103 @@ class ImagePreviewApi(_ImageFileBase):
         image = selectors.image_detail(user=request.user, image_id=pk)
         self._record_view(request, image)
         return _private_file(name=ensure_preview(stored_name=image.file.name), content_type="image/png")
+
+
+# --- pixel data for the viewer (docs/viewer.md) -----------------------------------------
+def _not_modified(request: Request, etag: str) -> bool:
+    # Weak comparison (RFC 9110 13.1.2): the same samples go out gzip-encoded or not.
+    tags = parse_etags(request.headers.get("If-None-Match", ""))
+    return "*" in tags or etag.removeprefix("W/") in {tag.removeprefix("W/") for tag in tags}
+
+
+def _revalidated(response: HttpResponse, etag: str) -> HttpResponse:
+    # Kept by the browser but checked on every use: a logged-out session gets 401, not the bytes.
+    response["ETag"] = etag
+    response["Cache-Control"] = "private, no-cache"
+    response["Vary"] = "Accept-Encoding, Cookie, Authorization"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+class ImagePixelsApi(ApiView):
+    class OutputSerializer(serializers.Serializer):
+        class WindowSerializer(serializers.Serializer):
+            key = serializers.CharField()
+            label = serializers.CharField()
+            center = serializers.FloatField()
+            width = serializers.FloatField()
+
+        class VoiSerializer(serializers.Serializer):
+            center = serializers.FloatField()
+            width = serializers.FloatField()
+            explanation = serializers.CharField(allow_blank=True)
+
+        class SpacingSerializer(serializers.Serializer):
+            row_mm = serializers.FloatField(help_text="mm between the centres of adjacent rows")
+            column_mm = serializers.FloatField(help_text="mm between the centres of adjacent columns")
+            source = serializers.ChoiceField(choices=["PixelSpacing", "ImagerPixelSpacing"])
+
+        width = serializers.IntegerField()
+        height = serializers.IntegerField()
+        bits_stored = serializers.IntegerField()
+        photometric = serializers.ChoiceField(
+            choices=["MONOCHROME1", "MONOCHROME2"], help_text="MONOCHROME1: high values are shown dark"
+        )
+        source_format = serializers.ChoiceField(choices=["dcm", "png", "jpeg"])
+        source_photometric = serializers.CharField()
+        colour_converted = serializers.BooleanField(
+            help_text="a colour image, sent as its grey (BT.601 luma)"
+        )
+        rescale_slope = serializers.FloatField(help_text="value = sample * rescale_slope + rescale_intercept")
+        rescale_intercept = serializers.FloatField()
+        sample_min = serializers.IntegerField()
+        sample_max = serializers.IntegerField()
+        value_min = serializers.FloatField()
+        value_max = serializers.FloatField()
+        voi = VoiSerializer(allow_null=True, help_text="the DICOM window (first value), if any")
+        presets = WindowSerializer(many=True, help_text="windows in value units; the first is the default")
+        pixel_spacing = SpacingSerializer(allow_null=True, help_text="null: calibration unknown")
+        data_url = serializers.CharField(help_text="the samples: little-endian uint16, row-major")
+
+    @extend_schema(responses={200: OutputSerializer})
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        """What the viewer needs to window the image's samples, and where to fetch them."""
+        image = selectors.image_detail(user=request.user, image_id=pk)
+        etag = pixels_etag(image.sha256)
+        if _not_modified(request, etag):
+            return _revalidated(HttpResponseNotModified(), etag)
+        stored = ensure_pixels(stored_name=image.file.name)
+        data_url = reverse("api:image-pixel-data", args=[image.pk])
+        body = self.OutputSerializer({**stored.metadata, "data_url": data_url}).data
+        return _revalidated(Response(body), etag)
+
+
+class ImagePixelDataApi(_ImageFileBase):
+    part = "pixels"
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        """The image's samples, width x height little-endian uint16, row-major; gzip when accepted."""
+        image = selectors.image_detail(user=request.user, image_id=pk)
+        etag = pixels_etag(image.sha256)
+        if _not_modified(request, etag):
+            self._record_view(request, image)
+            return _revalidated(HttpResponseNotModified(), etag)
+        stored = ensure_pixels(stored_name=image.file.name)
+        self._record_view(request, image)
+        if ACCEPTS_GZIP.search(request.headers.get("Accept-Encoding", "")):
+            # Stored compressed: the browser inflates it, the server never recompresses.
+            response = FileResponse(
+                default_storage.open(stored.data_name, "rb"), content_type="application/octet-stream"
+            )
+            response["Content-Encoding"] = "gzip"
+        else:
+            with default_storage.open(stored.data_name, "rb") as handle:
+                response = HttpResponse(
+                    gzip.decompress(handle.read()), content_type="application/octet-stream"
+                )
+        response["Content-Disposition"] = "inline"
+        return _revalidated(response, etag)
 
 
 # --- audit and schema -------------------------------------------------------------------

@@ -18,6 +18,11 @@ studies the model put in that tier when they reviewed them: for abnormal and nor
 confirmed; for indeterminate, the share they ruled abnormal and normal. Every figure comes with
 the number of studies behind it. Indeterminate results are not calls, so they are left out of the
 confusion matrix, kappa, sensitivity and specificity, which measure the model's calls.
+
+Every rate is an `Estimate`: the figure, its 95 % confidence interval and the number of studies
+behind it, with the intervals of the validation cards (inference.confidence): Wilson's for a
+proportion, the percentile bootstrap over studies, stratified by the radiologist's label, for
+kappa. A figure that rests on fewer than `MIN_TO_JUDGE` studies says it is too few to judge.
 """
 
 import math
@@ -26,6 +31,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
+
+from inference.confidence import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    weighted_kappa,
+    wilson_interval,
+)
+
 POSITIVE = "abnormal"
 NEGATIVE = "normal"
 INDETERMINATE = "indeterminate"
@@ -33,6 +48,107 @@ TIERS = (POSITIVE, INDETERMINATE, NEGATIVE)  # the dashboard's column order
 DRIFT_WINDOW_DAYS = 7
 DRIFT_Z = 2.0
 DRIFT_MIN_STUDIES = 10
+MIN_TO_JUDGE = 10  # fewer studies behind a figure: shown, with its interval, as too few to judge
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95 % confidence interval and the number of studies behind it.
+
+    `noun` names what `n` counts ("abnormal study" / "abnormal studies"); `value` is None when the
+    figure is undefined (nothing to count, or kappa where only chance agreement is possible), and
+    `low`/`high` are None when there is no interval.
+    """
+
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    noun: tuple[str, str]  # singular, plural
+    successes: int | None = None  # for a proportion: how many of the n
+
+    @property
+    def counted(self) -> str:
+        """ "10 abnormal studies", "1 review"."""
+        return f"{self.n} {self.noun[0] if self.n == 1 else self.noun[1]}"
+
+    @property
+    def too_few(self) -> bool:
+        return self.n < MIN_TO_JUDGE
+
+    @property
+    def caveat(self) -> str:
+        """ "only 2 reviews: too few to judge", or "" when there are enough."""
+        if self.n == 0:
+            return f"no {self.noun[0]} yet"
+        return f"only {self.counted}: too few to judge" if self.too_few else ""
+
+    def as_dict(self) -> dict:
+        """The figure for the charts' JSON."""
+        return {
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "n": self.n,
+            "counted": self.counted,
+            "caveat": self.caveat,
+        }
+
+
+STUDIES = ("study", "studies")
+REVIEWS = ("review", "reviews")
+RULINGS = ("ruling", "rulings")
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def proportion(*, successes: int, trials: int, noun: tuple[str, str] = STUDIES) -> Estimate:
+    """successes / trials with Wilson's 95 % interval (undefined, None, when trials is 0)."""
+    interval = wilson_interval(successes=successes, trials=trials)
+    return Estimate(
+        value=successes / trials if trials else None,
+        low=_finite(interval.low),
+        high=_finite(interval.high),
+        n=trials,
+        noun=noun,
+        successes=successes,
+    )
+
+
+def kappa_estimate(*, matrix: "ConfusionMatrix") -> Estimate:
+    """Cohen's kappa with the validation cards' interval: a percentile bootstrap over the reviewed
+    calls, stratified by the radiologist's label, scored by inference.confidence.weighted_kappa.
+
+    With two labels each study is one of four cells (TP, FN, FP, TN), so a resample is drawn as
+    counts per cell: drawing a stratum's studies one by one with replacement gives a multinomial
+    over its two cells, the same distribution at a cost that does not grow with the number of
+    studies (the per-study resampling takes seconds at a few thousand reviews).
+    """
+    n = matrix.total
+    value = cohen_kappa(matrix=matrix)
+    if value is None:
+        return Estimate(value=None, low=None, high=None, n=n, noun=REVIEWS)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    cells = np.array(
+        [matrix.true_positive, matrix.false_negative, matrix.false_positive, matrix.true_negative]
+    )
+    truly_abnormal = np.array([True, True, False, False])
+    model_abnormal = np.array([True, False, True, False])
+    weights = np.zeros((BOOTSTRAP_RESAMPLES, 4), dtype=np.int64)
+    for stratum in (slice(0, 2), slice(2, 4)):
+        size = int(cells[stratum].sum())
+        if size:
+            weights[:, stratum] = rng.multinomial(size, cells[stratum] / size, size=BOOTSTRAP_RESAMPLES)
+    kappas = weighted_kappa(labels=truly_abnormal, predicted=model_abnormal, weights=weights)
+    kappas = kappas[np.isfinite(kappas)]
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(kappas, [tail, 100 - tail]) if kappas.size else (math.nan, math.nan)
+    if low == high:
+        # Every resample alike (one or two reviews): a zero-width interval would claim certainty.
+        low = high = math.nan
+    return Estimate(value=value, low=_finite(low), high=_finite(high), n=n, noun=REVIEWS)
 
 
 @dataclass(frozen=True)
@@ -121,6 +237,26 @@ class TierFigures:
     def ruled_normal_rate(self) -> float | None:
         return self.ruled_normal / self.reviewed if self.reviewed else None
 
+    # The same figures with their intervals and counts, as the dashboard shows them.
+    @property
+    def share_estimate(self) -> Estimate:
+        return proportion(successes=self.studies, trials=self.total)
+
+    @property
+    def agreement_estimate(self) -> Estimate | None:
+        confirmed = self.confirmed
+        if confirmed is None:
+            return None
+        return proportion(successes=confirmed, trials=self.reviewed, noun=REVIEWS)
+
+    @property
+    def ruled_abnormal_estimate(self) -> Estimate:
+        return proportion(successes=self.ruled_abnormal, trials=self.reviewed, noun=RULINGS)
+
+    @property
+    def ruled_normal_estimate(self) -> Estimate:
+        return proportion(successes=self.ruled_normal, trials=self.reviewed, noun=RULINGS)
+
 
 def tier_figures(*, labels: Iterable[str], pairs: Iterable[tuple[str, str]]) -> list[TierFigures]:
     """Per tier (abnormal, indeterminate, normal): from the results' labels and (model label at
@@ -162,6 +298,9 @@ class GroupSummary:
     sensitivity: float | None = None
     specificity: float | None = None
     drift: DriftCheck | None = None
+    # The rates with their intervals and counts: flagged_rate, recent_rate (the drift window),
+    # baseline_rate (before it), kappa, sensitivity, specificity (see Estimate).
+    figures: dict[str, Estimate] = field(default_factory=dict)
 
     @property
     def flagged_rate(self) -> float | None:
@@ -286,6 +425,22 @@ def summarize(
             baseline_studies=baseline_n,
             baseline_flagged=baseline_flagged,
         )
+        group.figures = {
+            "flagged_rate": proportion(successes=group.flagged, trials=group.studies),
+            "recent_rate": proportion(successes=recent_flagged, trials=recent_n),
+            "baseline_rate": proportion(successes=baseline_flagged, trials=baseline_n),
+            "kappa": kappa_estimate(matrix=matrix),
+            "sensitivity": proportion(
+                successes=matrix.true_positive,
+                trials=matrix.true_positive + matrix.false_negative,
+                noun=("abnormal study", "abnormal studies"),
+            ),
+            "specificity": proportion(
+                successes=matrix.true_negative,
+                trials=matrix.true_negative + matrix.false_positive,
+                noun=("normal study", "normal studies"),
+            ),
+        }
     return [groups[key] for key in sorted(groups)]
 
 
@@ -295,3 +450,23 @@ def tier_totals(*, results: Sequence[ResultRecord], reviews: Sequence[ReviewReco
         labels=(result.label for result in results),
         pairs=((review.model_label, review.final_label) for review in reviews),
     )
+
+
+DEMO_NOTICE = "demo model — not for clinical use"
+
+
+def chart_data(*, summaries: Sequence[GroupSummary], body_part_names: dict[str, str]) -> dict:
+    """What static/js/dashboard.js draws: per group, each figure with its interval and count, and
+    whether any result behind the charts comes from a demo model (then every chart says so)."""
+    figure_names = ("flagged_rate", "recent_rate", "baseline_rate", "kappa", "sensitivity", "specificity")
+    return {
+        "labels": [
+            f"{body_part_names.get(s.body_part, s.body_part)} · {s.model_version[:8]}"
+            + (" (demo)" if s.demo else "")
+            for s in summaries
+        ],
+        "demo": any(s.demo for s in summaries),
+        "demo_notice": DEMO_NOTICE,
+        "min_to_judge": MIN_TO_JUDGE,
+        **{name: [s.figures[name].as_dict() for s in summaries] for name in figure_names},
+    }

@@ -210,3 +210,13 @@ class MismatchConfirmForm(BootstrapMixin, forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._style_fields()
+
+
+class BodyPartForm(BootstrapMixin, forms.Form):
+    """A received study whose DICOM header named no MURA body part: staff say which it is."""
+
+    body_part = forms.ChoiceField(label="Body part", choices=[("", "Choose…"), *BodyPart.choices])
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._style_fields()

@@ -1,5 +1,5 @@
 """`/healthz`: is the database reachable, the broker reachable, which models are installed, and
-are inference workers alive to serve the images waiting.
+are inference workers alive to serve the images waiting, and are results reaching the PACS.
 
 No authentication and no patient data. The models are checked from `models.toml` and the file
 system only (inference.registry imports Keras, and a health probe must not load TensorFlow).
@@ -18,6 +18,8 @@ from django.views.decorators.http import require_GET
 from kombu import Connection
 
 from studies.models import BodyPart
+from studies.selectors_pacs import destination_health
+from studies.selectors_receiver import SILENT, receiver_state
 from studies.selectors_workers import queue_figures
 
 logger = logging.getLogger(__name__)
@@ -115,18 +117,50 @@ def check_workers() -> dict[str, Any]:
     }
 
 
+def check_pacs() -> dict[str, Any]:
+    """Each PACS destination results are sent to: sends pending, being retried and failed, the last
+    success and the last error. Read from the send records (no C-ECHO: the probe answers at once);
+    `degraded` while a destination is failing and its sends are being retried."""
+    try:
+        destinations = destination_health()
+    except Exception as exc:
+        logger.warning("Health check: PACS send figures unavailable: %s", exc)
+        return {"status": ERROR, "error": type(exc).__name__}
+    retrying = any(figures["retrying"] for figures in destinations.values())
+    return {
+        "status": DEGRADED if retrying else OK,
+        "send_demo_results": settings.MSKDETECT_SEND_DEMO_RESULTS,
+        "destinations": destinations,
+    }
+
+
+def check_dicom_receiver() -> dict[str, Any]:
+    """The DICOM receiver (`manage.py dicom_receiver`) from its heartbeat: `alive`, `stopped`
+    (gracefully), `silent` (stopped beating: crashed or hung; degraded) or `never_started` (this
+    deployment receives nothing by DICOM), with its counters of associations and instances."""
+    try:
+        state = receiver_state()
+    except Exception as exc:
+        logger.warning("Health check: DICOM receiver figures unavailable: %s", exc)
+        return {"status": ERROR, "error": type(exc).__name__}
+    return {"status": DEGRADED if state["state"] == SILENT else OK, **state}
+
+
 def health_report() -> dict[str, Any]:
     """The whole report; `status` is error when the database or the broker is down, degraded when
-    images wait and no inference worker is alive, else ok."""
+    images wait and no inference worker is alive, a PACS destination is failing or the DICOM receiver
+    went silent, else ok."""
     report = {
         "database": check_database(),
         "broker": check_broker(),
         "models": check_models(),
         "workers": check_workers(),
+        "pacs": check_pacs(),
+        "dicom_receiver": check_dicom_receiver(),
     }
     if report["database"]["status"] != OK or report["broker"]["status"] != OK:
         status = ERROR
-    elif report["workers"]["status"] != OK:
+    elif any(report[part]["status"] != OK for part in ("workers", "pacs", "dicom_receiver")):
         status = DEGRADED
     else:
         status = OK

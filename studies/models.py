@@ -77,6 +77,9 @@ class StudyStatus(models.TextChoices):
     # Every image was out of distribution for the model: no automatic result, a radiologist reads it.
     NEEDS_HUMAN_READ = "needs_human_read", "Needs a human read"
     REVIEWED = "reviewed", "Reviewed"
+    # Received by DICOM with no body part the header names unambiguously: its images wait, unpredicted,
+    # until staff set the body part (studies.services.dicom_ingest.study_body_part_set).
+    NEEDS_BODY_PART = "needs_body_part", "Waiting for the body part"
 
 
 class ImageStatus(models.TextChoices):
@@ -88,6 +91,8 @@ class ImageStatus(models.TextChoices):
     # Predicted, but the image does not look like the radiographs the model knows (OOD score above
     # the threshold of its reference): left out of the study's result, the reason is in `error`.
     NEEDS_HUMAN_READ = "needs_human_read", "Needs a human read"
+    # Stored, not sent to the worker: its study has no body part yet (StudyStatus.NEEDS_BODY_PART).
+    NEEDS_BODY_PART = "needs_body_part", "Waiting for the body part"
 
 
 class ImageFormat(models.TextChoices):
@@ -104,7 +109,9 @@ class ReviewDecision(models.TextChoices):
 
 
 class Patient(models.Model):
-    mrn = models.CharField("MRN", max_length=64, unique=True)
+    mrn = models.CharField("MRN", max_length=64)
+    # Who assigned the MRN (DICOM IssuerOfPatientID); blank: this hospital. One MRN per issuer.
+    mrn_issuer = models.CharField("MRN issuer", max_length=64, blank=True, default="")
     name = models.CharField(max_length=200)
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
@@ -118,10 +125,14 @@ class Patient(models.Model):
         constraints = [
             models.CheckConstraint(condition=~Q(mrn=""), name="patient_mrn_not_blank"),
             models.CheckConstraint(condition=Q(sex__in=Sex.values), name="patient_sex_valid"),
+            models.UniqueConstraint(fields=["mrn", "mrn_issuer"], name="patient_mrn_unique_per_issuer"),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.mrn})"
+
+
+BODY_PART_NOT_SET = "Body part not set"
 
 
 class Study(models.Model):
@@ -129,8 +140,11 @@ class Study(models.Model):
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
     accession_number = models.CharField(max_length=64, unique=True)
-    body_part = models.CharField(max_length=16, choices=BodyPart.choices)
+    # Blank only for a study received by DICOM whose header names no MURA body part: it waits for staff.
+    body_part = models.CharField(max_length=16, choices=BodyPart.choices, blank=True)
     study_date = models.DateField(null=True, blank=True)
+    # DICOM StudyInstanceUID (blank: not known, e.g. registered by hand with PNG uploads).
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, blank=True, default="")
     status = models.CharField(max_length=16, choices=StudyStatus.choices, default=StudyStatus.NEW)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -157,8 +171,15 @@ class Study(models.Model):
         ordering = ["-created_at"]
         verbose_name_plural = "studies"
         constraints = [
-            models.CheckConstraint(condition=Q(body_part__in=BodyPart.values), name="study_body_part_valid"),
+            models.CheckConstraint(
+                condition=Q(body_part__in=BodyPart.values) | Q(body_part=""), name="study_body_part_valid"
+            ),
             models.CheckConstraint(condition=Q(status__in=StudyStatus.values), name="study_status_valid"),
+            models.UniqueConstraint(
+                fields=["study_instance_uid"],
+                condition=~Q(study_instance_uid=""),
+                name="study_instance_uid_unique",
+            ),
             models.CheckConstraint(condition=~Q(accession_number=""), name="study_accession_not_blank"),
             models.CheckConstraint(
                 condition=Q(expected_images__isnull=True) | Q(expected_images__gte=1),
@@ -178,6 +199,10 @@ class Study(models.Model):
 
     def __str__(self) -> str:
         return f"{self.accession_number} {self.get_body_part_display()}"
+
+    def get_body_part_display(self) -> str:
+        # Overrides Django's: a received study whose header named no MURA type says so wherever it shows.
+        return BodyPart(self.body_part).label if self.body_part in BodyPart.values else BODY_PART_NOT_SET
 
 
 def radiograph_upload_to(instance: "Radiograph", filename: str) -> str:
@@ -222,6 +247,8 @@ class Radiograph(models.Model):
     mismatch_confirmed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True
     )
+    # DICOM SOPInstanceUID (blank for PNG/JPEG): an instance sent again is recognised and stored once.
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["study_id", "id"]
@@ -235,6 +262,11 @@ class Radiograph(models.Model):
             models.CheckConstraint(
                 condition=Q(mismatch_confirmed_by__isnull=True) | ~Q(mismatch_reason=""),
                 name="radiograph_confirmed_mismatch_has_reason",
+            ),
+            models.UniqueConstraint(
+                fields=["sop_instance_uid"],
+                condition=~Q(sop_instance_uid=""),
+                name="radiograph_sop_instance_uid_unique",
             ),
         ]
         indexes = [models.Index(fields=["status", "dispatched_at"])]
@@ -441,3 +473,155 @@ class InferenceWorker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.nodename} pid {self.pid}"
+
+
+class DicomReceiverRun(models.Model):
+    """One run of the DICOM receiver (`manage.py dicom_receiver`), alive while it keeps beating.
+
+    The receiver writes `beat_at` and its counters every MSKDETECT_DICOM_HEARTBEAT_SECONDS;
+    /healthz reports it alive, stopped or silent. Bookkeeping, not clinical data: what is received
+    is audited by studies.services.dicom_ingest.
+    """
+
+    run_id = models.CharField(max_length=64, unique=True)
+    ae_title = models.CharField(max_length=16)
+    port = models.PositiveIntegerField()
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    associations = models.PositiveIntegerField(default=0)
+    associations_refused = models.PositiveIntegerField(default=0)
+    instances_stored = models.PositiveIntegerField(default=0)
+    instances_duplicate = models.PositiveIntegerField(default=0)
+    instances_refused = models.PositiveIntegerField(default=0)
+    last_received_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-beat_at"]
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port} pid {self.pid}"
+
+
+# --- Results sent back to the PACS (issue 13, part 2) -------------------------------------------
+class DicomExportTrigger(models.TextChoices):
+    RESULT = "result", "Model result"
+    REVIEW = "review", "Radiologist review"
+
+
+class DicomExport(models.Model):
+    """What one trigger sends to the PACS: a Structured Report and, for a model result, a heat-map
+    secondary capture per source image whose prediction has none yet.
+
+    Planned in the transaction that records the result or the review (the facts are kept here, as
+    they were then); built once by the send task, which stores the DICOM files and records their
+    UIDs in `instances`, so every destination and every retry receives the same instances.
+    """
+
+    Trigger = DicomExportTrigger
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="dicom_exports")
+    trigger = models.CharField(max_length=8, choices=DicomExportTrigger.choices)
+    review = models.ForeignKey(Review, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # The study result when the trigger fired: label, probability, threshold, band, model, demo.
+    result = models.JSONField()
+    demo = models.BooleanField()
+    # The DICOM radiographs the SR references, and the predictions that get a secondary capture.
+    images = models.JSONField(default=list)
+    predictions = models.JSONField(default=list, blank=True)
+    # Once built: [{"kind": "sr"|"sc", "sop_class_uid", "sop_instance_uid", "series_instance_uid",
+    # "study_instance_uid", "file", "image"}]; `build_error` says why it could not be built.
+    instances = models.JSONField(default=list, blank=True)
+    built_at = models.DateTimeField(null=True, blank=True)
+    build_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study_id", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(trigger__in=DicomExportTrigger.values), name="dicom_export_trigger_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(trigger=DicomExportTrigger.RESULT, review__isnull=True)
+                | Q(trigger=DicomExportTrigger.REVIEW, review__isnull=False),
+                name="dicom_export_review_iff_review_trigger",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_trigger_display()} of {self.study} for the PACS"
+
+    @property
+    def summary(self) -> str:
+        """What it holds, in words: "SR + 2 heat-map images"."""
+        captures = len(self.predictions)
+        if not captures:
+            return "SR"
+        return f"SR + {captures} heat-map image" + ("s" if captures != 1 else "")
+
+
+class DicomSendStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    NOT_SENT_DEMO = "not_sent_demo", "Not sent: demo model"
+
+
+class DicomSendProtocol(models.TextChoices):
+    CSTORE = "cstore", "DICOM C-STORE"
+    STOWRS = "stowrs", "DICOMweb STOW-RS"
+
+
+class DicomSend(models.Model):
+    """One export to one destination: its state, attempts and what the destination acknowledged.
+
+    `pending` is retried with backoff (`next_attempt_at`; while an attempt runs it is that attempt's
+    lease) until it is `sent`, or `failed` once the destination has refused it or the retries have
+    run out; staff may send a failed one again. `acknowledged` lists the SOP Instance UIDs the
+    destination confirmed: a re-delivered task never sends those again.
+    """
+
+    Status = DicomSendStatus
+    Protocol = DicomSendProtocol
+
+    export = models.ForeignKey(DicomExport, on_delete=models.PROTECT, related_name="sends")
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="dicom_sends")
+    destination = models.CharField(max_length=300)  # "C-STORE PACS@10.0.0.5:104", "STOW-RS https://…"
+    protocol = models.CharField(max_length=8, choices=DicomSendProtocol.choices)
+    status = models.CharField(max_length=16, choices=DicomSendStatus.choices, default=DicomSendStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    acknowledged = models.JSONField(default=list, blank=True)
+    # The retries give up this long after it became pending (settings.MSKDETECT_PACS_GIVE_UP_AFTER_SECONDS).
+    pending_since = models.DateTimeField()
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["study_id", "-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=DicomSendStatus.values), name="dicom_send_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(protocol__in=DicomSendProtocol.values), name="dicom_send_protocol_valid"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status=DicomSendStatus.SENT) | Q(sent_at__isnull=False),
+                name="dicom_send_sent_has_time",
+            ),
+            models.UniqueConstraint(fields=["export", "destination"], name="dicom_send_once_per_destination"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="dicom_send_due"),
+            models.Index(fields=["destination", "status"], name="dicom_send_destination"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.export} to {self.destination}: {self.get_status_display()}"

@@ -44,7 +44,15 @@ ERROR_DESCRIPTIONS = {
     "429": "Too many failed logins for this account from this address; try again later.",
 }
 # Operations (path suffix, method) whose services refuse a request in the object's current state.
-CONFLICT_OPERATIONS = {("/reviews/", "POST"), ("/images/", "POST"), ("/complete/", "POST")}
+# The viewer's pixel data answers 409 when a stored upload no longer decodes.
+CONFLICT_OPERATIONS = {
+    ("/reviews/", "POST"),
+    ("/images/", "POST"),
+    ("/complete/", "POST"),
+    ("/body-part/", "POST"),
+    ("/pixels", "GET"),
+    ("/pixels.u16", "GET"),
+}
 
 
 class ApiSchema(AutoSchema):

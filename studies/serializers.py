@@ -9,6 +9,8 @@ from studies.model_cards import NOT_VALIDATED, model_card_data
 from studies.models import (
     AuditEvent,
     BodyPart,
+    DicomExportTrigger,
+    DicomSend,
     Label,
     Patient,
     Prediction,
@@ -22,6 +24,7 @@ from studies.models import (
     StudyStatus,
 )
 from studies.selectors import files_received, latest_prediction, prediction_card, result_card
+from studies.selectors_pacs import study_pacs_sends
 from studies.services.studies import unknown_body_part_message
 
 DEMO_NOTICE = "demo model — not for clinical use"
@@ -35,6 +38,13 @@ def _absolute(request, name: str, pk: int) -> str:
 # --- patients ---------------------------------------------------------------------------
 class PatientInputSerializer(serializers.Serializer):
     mrn = serializers.CharField(max_length=64)
+    mrn_issuer = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="who assigned the MRN (DICOM IssuerOfPatientID); blank: this hospital. One MRN per issuer.",
+    )
     name = serializers.CharField(max_length=200)
     birth_date = serializers.DateField(required=False, allow_null=True, default=None)
     sex = serializers.ChoiceField(choices=Sex.choices, required=False, default=Sex.UNKNOWN)
@@ -43,7 +53,7 @@ class PatientInputSerializer(serializers.Serializer):
 class PatientOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Patient
-        fields = ["id", "mrn", "name", "birth_date", "sex", "created_at"]
+        fields = ["id", "mrn", "mrn_issuer", "name", "birth_date", "sex", "created_at"]
         read_only_fields = fields
 
 
@@ -391,6 +401,16 @@ class StudyFilterSerializer(serializers.Serializer):
 
 
 class StudyListOutputSerializer(serializers.ModelSerializer):
+    body_part = serializers.ChoiceField(
+        choices=BodyPart.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="blank: received by DICOM with no recognised body part; the study waits "
+        "(status needs_body_part) until staff set one (POST …/body-part/)",
+    )
+    study_instance_uid = serializers.CharField(
+        read_only=True, help_text="DICOM StudyInstanceUID; blank when the study has no DICOM file"
+    )
     patient_mrn = serializers.CharField(source="patient.mrn", read_only=True)
     patient_name = serializers.CharField(source="patient.name", read_only=True)
     result = serializers.SerializerMethodField()
@@ -411,6 +431,7 @@ class StudyListOutputSerializer(serializers.ModelSerializer):
             "patient_name",
             "accession_number",
             "body_part",
+            "study_instance_uid",
             "study_date",
             "status",
             "error",
@@ -434,14 +455,66 @@ class StudyListOutputSerializer(serializers.ModelSerializer):
         return files_received_data(study)
 
 
+class PacsSendOutputSerializer(serializers.ModelSerializer):
+    """One send of the study's results to one PACS destination."""
+
+    trigger = serializers.ChoiceField(
+        source="export.trigger",
+        choices=DicomExportTrigger.choices,
+        read_only=True,
+        help_text="what was sent: the model's result, or a radiologist's review",
+    )
+    objects = serializers.CharField(
+        source="export.summary", read_only=True, help_text='e.g. "SR + 2 heat-map images"'
+    )
+    sop_instance_uids = serializers.SerializerMethodField(
+        help_text="the SOP Instance UIDs sent (empty until the DICOM files are built)"
+    )
+
+    class Meta:
+        model = DicomSend
+        fields = [
+            "id",
+            "trigger",
+            "objects",
+            "destination",
+            "protocol",
+            "status",
+            "attempts",
+            "last_error",
+            "created_at",
+            "last_attempt_at",
+            "next_attempt_at",
+            "sent_at",
+            "sop_instance_uids",
+        ]
+        read_only_fields = fields
+
+    def get_sop_instance_uids(self, send: DicomSend) -> list[str]:
+        return [item["sop_instance_uid"] for item in send.export.instances]
+
+
 class StudyDetailOutputSerializer(StudyListOutputSerializer):
     images = ImageOutputSerializer(many=True, read_only=True)
     reviews = ReviewOutputSerializer(many=True, read_only=True)
     confirmed_mismatches = serializers.SerializerMethodField()
+    pacs_sends = serializers.SerializerMethodField(
+        help_text="the results sent to the PACS, newest first (empty: nothing sent or no PACS configured)"
+    )
 
     class Meta(StudyListOutputSerializer.Meta):
-        fields = [*StudyListOutputSerializer.Meta.fields, "images", "reviews", "confirmed_mismatches"]
+        fields = [
+            *StudyListOutputSerializer.Meta.fields,
+            "images",
+            "reviews",
+            "confirmed_mismatches",
+            "pacs_sends",
+        ]
         read_only_fields = fields
+
+    @extend_schema_field(PacsSendOutputSerializer(many=True))
+    def get_pacs_sends(self, study: Study) -> list[dict]:
+        return PacsSendOutputSerializer(study_pacs_sends(study=study), many=True).data
 
     @extend_schema_field(ConfirmedMismatchSerializer(many=True))
     def get_confirmed_mismatches(self, study: Study) -> list[dict]:

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from studies import views
+from studies import views, views_pacs, views_reading, views_received
 
 urlpatterns = [
     path("", views.worklist, name="worklist"),
@@ -20,6 +20,14 @@ urlpatterns = [
     path("studies/<int:pk>/review/", views.study_review, name="study_review"),
     path("studies/<int:pk>/requeue/", views.study_requeue, name="study_requeue"),
     path("studies/<int:pk>/complete/", views.study_mark_complete, name="study_mark_complete"),
+    path("studies/<int:pk>/body-part/", views_received.study_set_body_part, name="study_set_body_part"),
+    path("studies/<int:pk>/pacs-sends/", views_pacs.study_pacs_sends, name="study_pacs_sends"),
+    path(
+        "studies/<int:pk>/pacs-sends/<int:send_id>/send-again/",
+        views_pacs.pacs_send_again,
+        name="pacs_send_again",
+    ),
+    path("reading/next/", views_reading.reading_next, name="reading_next"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("models/", views.model_registry, name="model_registry"),
 ]

@@ -1,6 +1,7 @@
 """HTML pages for clinicians: thin views that read through selectors and write through services."""
 
 import functools
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -9,15 +10,35 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from studies import selectors, selectors_models, selectors_ui, selectors_workers, services
+from studies import (
+    selectors,
+    selectors_models,
+    selectors_pacs,
+    selectors_reading,
+    selectors_ui,
+    selectors_workers,
+    selectors_worklist,
+    services,
+)
 from studies.audit import request_ip
-from studies.dashboard import DRIFT_MIN_STUDIES, DRIFT_WINDOW_DAYS, DRIFT_Z, summarize, tier_totals
+from studies.audit_sentences import describe as describe_events
+from studies.dashboard import (
+    DRIFT_MIN_STUDIES,
+    DRIFT_WINDOW_DAYS,
+    DRIFT_Z,
+    MIN_TO_JUDGE,
+    chart_data,
+    summarize,
+    tier_totals,
+)
 from studies.errors import ApplicationError, UploadRejected
 from studies.forms import (
     LoginForm,
@@ -31,8 +52,10 @@ from studies.model_cards import model_card_data
 from studies.models import BodyPart, ImageStatus, Study, StudyStatus
 from studies.permissions import is_admin, is_radiologist, is_staff_member
 from studies.services.ui import study_register
+from studies.views_reading import next_study_redirect, reading_context, reading_query, with_query
 
 WORKLIST_PAGE_SIZE = 25
+WORKLIST_FINGERPRINT_HEADER = "X-Worklist-Fingerprint"
 ACTIVE_STUDY_STATUSES = {StudyStatus.QUEUED, StudyStatus.PROCESSING}
 ACTIVE_IMAGE_STATUSES = {ImageStatus.QUEUED, ImageStatus.PROCESSING}
 RERUNNABLE_IMAGE_STATUSES = {ImageStatus.FAILED, ImageStatus.UNSUPPORTED}
@@ -94,27 +117,60 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
 
 # --- worklist ----------------------------------------------------------------------------------
+class _CountedPaginator(Paginator):
+    """A paginator told the total, which the worklist's change check has already counted."""
+
+    def __init__(self, object_list, per_page: int, *, count: int) -> None:
+        super().__init__(object_list, per_page)
+        self._known_count = count
+
+    @cached_property
+    def count(self) -> int:
+        return self._known_count
+
+
+def _current_minute() -> int:
+    # Part of the worklist's fingerprint: the "Received … ago" column is rewritten once a minute.
+    return int(time.time() // 60)
+
+
 @require_GET
 @staff_required
 def worklist(request: HttpRequest) -> HttpResponse:
-    """The home page: studies in priority order, filtered, paginated; polls while jobs run."""
+    """The home page: studies in priority order, filtered, paginated, and live.
+
+    The table polls every few seconds with the fingerprint of what it shows; while nothing changed
+    the answer is an empty 204 (htmx swaps nothing) after one aggregate query.
+    """
     form = WorklistFilterForm(request.GET or None)
     studies = selectors_ui.worklist_page(user=request.user, **form.selector_filters())
-    page = Paginator(studies, WORKLIST_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = list(page.object_list)
-    query = request.GET.copy()
-    query.pop("page", None)
-    context = {
-        "form": form,
-        "page": page,
-        "rows": rows,
-        "query": query.urlencode(),
-        "poll_url": request.get_full_path(),
-        "is_active": any(study.status in ACTIVE_STUDY_STATUSES for study in rows),
-    }
-    if _is_htmx(request) and request.headers.get("HX-Target") == "worklist-table":
-        return render(request, "studies/partials/worklist_table.html", context)
-    return render(request, "studies/worklist.html", context)
+    state = selectors_worklist.worklist_state(studies=studies)
+    fingerprint = state.fingerprint(request.GET.get("page", ""), _current_minute())
+    is_poll = _is_htmx(request) and request.headers.get("HX-Target") == "worklist-table"
+    if is_poll and request.headers.get(WORKLIST_FINGERPRINT_HEADER) == fingerprint:
+        response = HttpResponse(status=204)
+    else:
+        page = _CountedPaginator(studies, WORKLIST_PAGE_SIZE, count=state.count).get_page(
+            request.GET.get("page")
+        )
+        query = request.GET.copy()
+        query.pop("page", None)
+        context = {
+            "form": form,
+            "page": page,
+            "rows": list(page.object_list),
+            "query": query.urlencode(),
+            "reading_next_url": with_query(reverse("reading_next"), reading_query(request.GET)),
+            "poll_url": request.get_full_path(),
+            "fingerprint": fingerprint,
+            "can_read": is_radiologist(request.user),
+        }
+        template = "studies/partials/worklist_table.html" if is_poll else "studies/worklist.html"
+        response = render(request, template, context)
+    response[WORKLIST_FINGERPRINT_HEADER] = fingerprint
+    # The same URL answers the page and the table: caches must tell them apart.
+    patch_vary_headers(response, ["HX-Request", "HX-Target"])
+    return response
 
 
 # --- new study ---------------------------------------------------------------------------------
@@ -318,13 +374,16 @@ def _study_context(request: HttpRequest, study: Study, *, review_form: ReviewFor
         "is_radiologist": is_radiologist(request.user),
         "can_review": can_review,
         "review_form": review_form or (ReviewForm() if can_review else None),
-        "audit_events": list(
+        "audit_events": describe_events(
             selectors_ui.study_audit_trail(user=request.user, study_id=study.pk, include_views=include_views)[
                 :200
-            ]
+            ],
+            on_study_page=True,
         ),
         "audit_include_views": include_views,
         "audit_view_count": selectors_ui.study_view_count(user=request.user, study_id=study.pk),
+        "pacs": selectors_pacs.study_pacs_panel(study=study),
+        **reading_context(request, study),
     }
 
 
@@ -351,10 +410,12 @@ def study_live(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @login_required
 def study_review(request: HttpRequest, pk: int) -> HttpResponse:
-    """A radiologist confirms or overrides the study's result."""
+    """A radiologist confirms, overrides or rules on the result, then stays or opens the next study."""
     if not is_radiologist(request.user):
         raise PermissionDenied("Only radiologists may review studies.")
     study = selectors.study_detail(user=request.user, study_id=pk)
+    # Where the study stood before the review moves it down: the next study is the one below it.
+    position = selectors_reading.worklist_position(study)
     form = ReviewForm(request.POST)
     if form.is_valid():
         try:
@@ -369,6 +430,11 @@ def study_review(request: HttpRequest, pk: int) -> HttpResponse:
         except ApplicationError as error:
             form.add_application_error(error)
         else:
+            if request.POST.get("then") == "next":
+                # "Record and open next" (and the reading keys): straight on to the next unreviewed study.
+                messages.success(request, f"Your review of {study.accession_number} has been recorded.")
+                query = reading_query(QueryDict(request.POST.get("reading", "")))
+                return next_study_redirect(request, query=query, after=position)
             messages.success(request, "Your review has been recorded.")
             return redirect(reverse("study_detail", args=[study.pk]) + "#review")
     context = _study_context(request, study, review_form=form)
@@ -397,21 +463,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     results, reviews = selectors_ui.dashboard_records(user=request.user)
     summaries = summarize(results=results, reviews=reviews, now=timezone.now())
     body_part_names = dict(BodyPart.choices)
-    chart = {
-        "labels": [
-            f"{body_part_names.get(s.body_part, s.body_part)} · {s.model_version[:8]}" for s in summaries
-        ],
-        "flagged_rate": [s.flagged_rate for s in summaries],
-        "recent_rate": [s.drift.recent_rate if s.drift else None for s in summaries],
-        "baseline_rate": [s.drift.baseline_rate if s.drift else None for s in summaries],
-        "kappa": [s.kappa for s in summaries],
-        "sensitivity": [s.sensitivity for s in summaries],
-        "specificity": [s.specificity for s in summaries],
-    }
     context = {
         "summaries": summaries,
         "tier_totals": tier_totals(results=results, reviews=reviews),
-        "chart": chart,
+        "chart": chart_data(summaries=summaries, body_part_names=body_part_names),
+        "any_demo": any(s.demo for s in summaries),
+        "min_to_judge": MIN_TO_JUDGE,
         "body_part_names": body_part_names,
         "warnings": [s for s in summaries if s.drift and s.drift.warning],
         "drift_window_days": DRIFT_WINDOW_DAYS,

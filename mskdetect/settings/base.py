@@ -6,6 +6,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from mskdetect.env import BASE_DIR, env
+from studies.dicom_results.destinations import configured_destinations
 
 DATA_DIR = Path(env("MSKDETECT_DATA_DIR", default=str(BASE_DIR / "var")))
 
@@ -31,7 +32,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Django's SessionMiddleware, but a page's background poll does not keep an idle session alive
+    # (studies.idle_sessions), and a request racing a logout ends cleanly (studies.session_end).
+    "studies.session_end.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -144,12 +147,17 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Musculoskeletal radiograph triage: patients, studies, images, reviews.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Operation ids and tags are named after the path below /api/v1 (the DICOMweb paths sit beside it).
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
     # One schema name per choice set: the same choices appear on several serializers.
     "ENUM_NAME_OVERRIDES": {
         "LabelEnum": "studies.models.Label",
         "ResultLabelEnum": "studies.models.ResultLabel",
         "StudyStatusEnum": "studies.models.StudyStatus",
         "ImageStatusEnum": "studies.models.ImageStatus",
+        "DicomSendStatusEnum": "studies.models.DicomSendStatus",
+        "DicomSendProtocolEnum": "studies.models.DicomSendProtocol",
+        "DicomExportTriggerEnum": "studies.models.DicomExportTrigger",
     },
 }
 
@@ -196,16 +204,68 @@ CELERY_TASK_ROUTES = {
     "inference.tasks.predict_images": {"queue": "inference"},
     # On the default queue, so a long backlog of predictions never delays the re-dispatch.
     "inference.tasks.redispatch_stale_images": {"queue": "celery"},
+    # Sending results to the PACS never waits behind a backlog of predictions.
+    "studies.tasks.send_dicom_results": {"queue": "celery"},
+    "studies.tasks.dispatch_due_pacs_sends": {"queue": "celery"},
 }
 CELERY_BEAT_SCHEDULE = {
     "redispatch-stale-images": {
         "task": "inference.tasks.redispatch_stale_images",
         "schedule": MSKDETECT_REDISPATCH_EVERY_SECONDS,
     },
+    # PACS sends whose retry is due but whose message was lost (broker down, worker gone).
+    "dispatch-due-pacs-sends": {
+        "task": "studies.tasks.dispatch_due_pacs_sends",
+        "schedule": MSKDETECT_REDISPATCH_EVERY_SECONDS,
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # Fail fast when the broker is unreachable: uploads must not wait on it.
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("MSKDETECT_BROKER_CONNECTION_TIMEOUT", default=2.0)
+
+# --- Receiving by DICOM (`manage.py dicom_receiver`, STOW-RS at /dicomweb/studies) ------------
+MSKDETECT_DICOM_AE_TITLE = env.str("MSKDETECT_DICOM_AE_TITLE", default="MSKDETECT").strip()
+if not 0 < len(MSKDETECT_DICOM_AE_TITLE) <= 16 or "\\" in MSKDETECT_DICOM_AE_TITLE:
+    raise ImproperlyConfigured(
+        f"MSKDETECT_DICOM_AE_TITLE={MSKDETECT_DICOM_AE_TITLE!r}: 1 to 16 characters, no backslash"
+    )
+MSKDETECT_DICOM_PORT = env.int("MSKDETECT_DICOM_PORT", default=11112)
+# Calling AE titles, hosts, IP addresses or CIDR networks (and AE@host pairs) allowed to send;
+# empty: any peer (the receiver logs a warning at start).
+MSKDETECT_DICOM_ALLOWED = env.list("MSKDETECT_DICOM_ALLOWED", default=[])
+# IssuerOfPatientID values that mean "this hospital's MRNs" (stored as a blank issuer).
+MSKDETECT_DICOM_LOCAL_ISSUERS = env.list("MSKDETECT_DICOM_LOCAL_ISSUERS", default=[])
+MSKDETECT_DICOM_MAX_ASSOCIATIONS = env.int("MSKDETECT_DICOM_MAX_ASSOCIATIONS", default=10)
+# The receiver's heartbeat (/healthz: alive, or silent for DEAD_AFTER seconds).
+MSKDETECT_DICOM_HEARTBEAT_SECONDS = env.float("MSKDETECT_DICOM_HEARTBEAT_SECONDS", default=5.0)
+MSKDETECT_DICOM_DEAD_AFTER_SECONDS = env.float("MSKDETECT_DICOM_DEAD_AFTER_SECONDS", default=30.0)
+# Largest STOW-RS request body (each instance in it is also held to MSKDETECT_MAX_UPLOAD_BYTES).
+MSKDETECT_STOWRS_MAX_BYTES = env.int("MSKDETECT_STOWRS_MAX_BYTES", default=256 * 1024 * 1024)
+
+# --- Sending results back to the PACS (studies.services.pacs_sends; our AE title is the one above) --
+# C-STORE peers, `AE@host:port`, comma-separated.
+MSKDETECT_DICOM_DESTINATIONS = env.list("MSKDETECT_DICOM_DESTINATIONS", default=[])
+# A DICOMweb root (results are POSTed to <root>/studies/<StudyInstanceUID>). Credentials never go in
+# the URL: a bearer token, or a user and password (HTTP basic).
+MSKDETECT_STOWRS_DESTINATION = env.str("MSKDETECT_STOWRS_DESTINATION", default="")
+MSKDETECT_STOWRS_TOKEN = env.str("MSKDETECT_STOWRS_TOKEN", default="")
+MSKDETECT_STOWRS_USER = env.str("MSKDETECT_STOWRS_USER", default="")
+MSKDETECT_STOWRS_PASSWORD = env.str("MSKDETECT_STOWRS_PASSWORD", default="")
+try:
+    configured_destinations(
+        cstore_peers=MSKDETECT_DICOM_DESTINATIONS, stowrs_url=MSKDETECT_STOWRS_DESTINATION
+    )
+except ValueError as _error:
+    raise ImproperlyConfigured(f"PACS destinations: {_error}") from _error
+# Results of demo models stay here (recorded "not sent: demo model") unless this is on.
+MSKDETECT_SEND_DEMO_RESULTS = env.bool("MSKDETECT_SEND_DEMO_RESULTS", default=False)
+# A destination that is down: retried after RETRY seconds, doubling up to RETRY_MAX, until
+# GIVE_UP_AFTER seconds have passed; then the send is "failed" and staff can send it again.
+MSKDETECT_PACS_RETRY_SECONDS = env.float("MSKDETECT_PACS_RETRY_SECONDS", default=30.0)
+MSKDETECT_PACS_RETRY_MAX_SECONDS = env.float("MSKDETECT_PACS_RETRY_MAX_SECONDS", default=600.0)
+MSKDETECT_PACS_GIVE_UP_AFTER_SECONDS = env.float("MSKDETECT_PACS_GIVE_UP_AFTER_SECONDS", default=24 * 3600.0)
+# Connect, association and per-request timeout towards a destination.
+MSKDETECT_PACS_TIMEOUT_SECONDS = env.float("MSKDETECT_PACS_TIMEOUT_SECONDS", default=30.0)
 
 LOGGING = {
     "version": 1,
@@ -214,5 +274,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # axes logs every successful login's counter reset at INFO; lockouts are WARNING.
-    "loggers": {"axes": {"level": "WARNING"}},
+    # highdicom logs every module it copies and pynetdicom every PDU at INFO: one send would print dozens.
+    "loggers": {
+        "axes": {"level": "WARNING"},
+        "highdicom": {"level": "WARNING"},
+        "pynetdicom": {"level": "WARNING"},
+    },
 }

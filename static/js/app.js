@@ -3,27 +3,6 @@
 (function () {
   "use strict";
 
-  function byId(id) {
-    return id ? document.getElementById(id) : null;
-  }
-
-  // Study viewer: heat-map toggle, heat-map opacity, zoom.
-  function applyViewerControl(control) {
-    const output = byId(control.id + "-value");
-    if (output) output.textContent = control.value + " %";
-    if (control.dataset.viewerOverlay) {
-      const overlay = byId(control.dataset.viewerOverlay);
-      if (overlay) overlay.hidden = !control.checked;
-    } else if (control.dataset.viewerOpacity) {
-      const overlay = byId(control.dataset.viewerOpacity);
-      if (overlay) overlay.style.opacity = String(Number(control.value) / 100);
-    } else if (control.dataset.viewerZoom) {
-      const stage = byId(control.dataset.viewerZoom);
-      // Widening the stage (rather than a CSS transform) lets the viewer scroll over the zoomed image.
-      if (stage) stage.style.width = control.value + "%";
-    }
-  }
-
   // Review form: the final label and reason belong to an override only.
   function syncReviewForm(form) {
     const override = form.querySelector("input[name=decision][value=override]");
@@ -36,15 +15,18 @@
     if (comment) comment.required = on;
   }
 
-  document.addEventListener("input", function (event) {
-    const control = event.target;
-    if (control.matches("[data-viewer-opacity], [data-viewer-zoom]")) applyViewerControl(control);
-  });
-
   document.addEventListener("change", function (event) {
     const control = event.target;
-    if (control.matches("[data-viewer-overlay]")) applyViewerControl(control);
     if (control.matches("#review-form input[name=decision]")) syncReviewForm(control.form);
+  });
+
+  // Logging out: cancel the images still loading first. Each would otherwise come back "logged out"
+  // (401) into the page being left, and show as a broken image and a console error for a moment.
+  document.addEventListener("submit", function (event) {
+    if (!event.target.matches("form[data-logout]")) return;
+    document.querySelectorAll("img[src]").forEach(function (img) {
+      if (!img.complete) img.removeAttribute("src");
+    });
   });
 
   function init(root) {

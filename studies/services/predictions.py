@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from studies.audit import audit_record
 from studies.models import (
+    DicomExportTrigger,
     ImageStatus,
     InferenceWorker,
     Prediction,
@@ -25,6 +26,7 @@ from studies.models import (
     StudyResult,
     StudyStatus,
 )
+from studies.services.pacs_sends import pacs_exports_plan
 from studies.services.worklist import study_worklist_key_refresh
 
 # A study that a human has already read keeps its status when late images are predicted:
@@ -331,6 +333,9 @@ def predictions_record(
                 "study_label": result.label if result else None,
             },
         )
+        if result is not None and any(p.radiograph_id not in out_of_distribution for p in created):
+            # A new result goes back to the PACS (where configured), sent after this commit.
+            pacs_exports_plan(study=study, trigger=DicomExportTrigger.RESULT)
     return result
 
 

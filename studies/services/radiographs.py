@@ -4,13 +4,16 @@ Every file is decoded, screened (a colour photograph or a screenshot is refused)
 its header is checked against the study (studies.intake) before anything is stored. A header
 mismatch refuses the file unless the uploader confirmed it with a reason; then it is stored on
 the radiograph, audited and shown as a warning.
+
+The DICOM receivers (studies.services.dicom_ingest) end in the same checks and the same store,
+one instance at a time, through `inspect_decoded` and `store_accepted`.
 """
 
 import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -24,12 +27,17 @@ from studies.intake import Mismatch, header_mismatches, header_of
 from studies.models import AuditEvent, ImageFormat, ImageStatus, Radiograph, Study, StudyStatus
 from studies.services.studies import _enqueue_on_commit
 
+if TYPE_CHECKING:
+    from inference.decoding import DecodedImage
+
 CONFIRM_HINT = "If this really is the right file, upload it again with the mismatch confirmed and a reason."
 MISSING_REASON = "Give the reason why the file is right despite the mismatch."
 
 
 @dataclass(frozen=True)
-class _Accepted:
+class Accepted:
+    """A file that passed every check, ready to store."""
+
     name: str
     data: bytes
     sha256: str
@@ -38,6 +46,16 @@ class _Accepted:
     height: int
     header: dict[str, str]
     mismatches: tuple[Mismatch, ...] = ()
+    sop_instance_uid: str = ""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A file refused after decoding: the reason, and its mismatches when only its header disagrees."""
+
+    reason: str
+    mismatches: tuple[Mismatch, ...] = ()
+    header: dict[str, str] | None = None
 
 
 def _display_name(upload: UploadedFile, index: int, taken: set[str]) -> str:
@@ -49,7 +67,15 @@ def _display_name(upload: UploadedFile, index: int, taken: set[str]) -> str:
     return unique
 
 
-def _first_dicom_header(study: Study) -> dict[str, str] | None:
+def size_refusal(size: int | None) -> str | None:
+    """Why a file of `size` bytes is refused before it is read (MSKDETECT_MAX_UPLOAD_BYTES), or None."""
+    max_bytes = settings.MSKDETECT_MAX_UPLOAD_BYTES
+    if size is not None and size > max_bytes:
+        return f"the file is larger than the {max_bytes // (1024 * 1024)} MB limit"
+    return None
+
+
+def first_dicom_header(study: Study) -> dict[str, str] | None:
     """The header of the study's first stored DICOM file (later files are compared with it)."""
     first = (
         study.images.filter(format=ImageFormat.DICOM).order_by("id").values_list("dicom_header", flat=True)
@@ -57,9 +83,46 @@ def _first_dicom_header(study: Study) -> dict[str, str] | None:
     return next(iter(first[:1]), None)
 
 
+def inspect_decoded(
+    *,
+    name: str,
+    data: bytes,
+    decoded: "DecodedImage",
+    study: Study,
+    seen: set[str],
+    first_header: dict[str, str] | None,
+    confirm_mismatch: bool,
+) -> Accepted | Refused:
+    """The checks after decoding: not already in the study (by content), and, for DICOM, the header
+    against the study, its patient and its first DICOM file (studies.intake). Adds the file's
+    sha256 to `seen` when it is new."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in seen:
+        return Refused("this image is already part of the study")
+    seen.add(digest)
+    header = header_of(decoded.metadata) if decoded.format == ImageFormat.DICOM else {}
+    mismatches = (
+        header_mismatches(header=header, study=study, patient=study.patient, first_header=first_header)
+        if header
+        else []
+    )
+    if mismatches and not confirm_mismatch:
+        return Refused("; ".join(m.message for m in mismatches), tuple(mismatches), header)
+    return Accepted(
+        name,
+        data,
+        digest,
+        decoded.format,
+        int(decoded.width),
+        int(decoded.height),
+        header,
+        tuple(mismatches),
+    )
+
+
 def _inspect_all(
     *, study: Study, files: Sequence[UploadedFile], confirm_mismatch: bool
-) -> tuple[list[_Accepted], dict[str, str], dict[str, list[dict]]]:
+) -> tuple[list[Accepted], dict[str, str], dict[str, list[dict]]]:
     """Decode and check every upload before anything is stored.
 
     Returns the good files, name → reason for the refused ones, and name → mismatches for the
@@ -68,17 +131,17 @@ def _inspect_all(
     from inference.decoding import DecodeError
     from inference.tasks import screen_upload
 
-    max_bytes = settings.MSKDETECT_MAX_UPLOAD_BYTES
-    accepted: list[_Accepted] = []
+    accepted: list[Accepted] = []
     reasons: dict[str, str] = {}
     confirmable: dict[str, list[dict]] = {}
     names: set[str] = set()
     seen: set[str] = set(study.images.values_list("sha256", flat=True))
-    first_header = _first_dicom_header(study)
+    first_header = first_dicom_header(study)
     for index, upload in enumerate(files):
         name = _display_name(upload, index, names)
-        if upload.size is not None and upload.size > max_bytes:
-            reasons[name] = f"the file is larger than the {max_bytes // (1024 * 1024)} MB limit"
+        too_large = size_refusal(upload.size)
+        if too_large:
+            reasons[name] = too_large
             continue
         upload.seek(0)
         data = upload.read()
@@ -87,35 +150,26 @@ def _inspect_all(
         except DecodeError as exc:
             reasons[name] = getattr(exc, "message", None) or str(exc)
             continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            reasons[name] = "this image is already part of the study"
-            continue
-        seen.add(digest)
-        header = header_of(decoded.metadata) if decoded.format == ImageFormat.DICOM else {}
-        mismatches = (
-            header_mismatches(header=header, study=study, patient=study.patient, first_header=first_header)
-            if header
-            else []
+        outcome = inspect_decoded(
+            name=name,
+            data=data,
+            decoded=decoded,
+            study=study,
+            seen=seen,
+            first_header=first_header,
+            confirm_mismatch=confirm_mismatch,
         )
-        if header and first_header is None:
-            first_header = header
-        if mismatches and not confirm_mismatch:
-            reasons[name] = "; ".join(m.message for m in mismatches) + f". {CONFIRM_HINT}"
-            confirmable[name] = [m.as_dict() for m in mismatches]
+        # Later files are compared with the first DICOM header seen, even a refused one's.
+        if outcome.header and first_header is None:
+            first_header = outcome.header
+        if isinstance(outcome, Refused):
+            if outcome.mismatches:
+                reasons[name] = f"{outcome.reason}. {CONFIRM_HINT}"
+                confirmable[name] = [m.as_dict() for m in outcome.mismatches]
+            else:
+                reasons[name] = outcome.reason
             continue
-        accepted.append(
-            _Accepted(
-                name,
-                data,
-                digest,
-                decoded.format,
-                int(decoded.width),
-                int(decoded.height),
-                header,
-                tuple(mismatches),
-            )
-        )
+        accepted.append(outcome)
     # A file refused for another reason than a mismatch cannot be confirmed into the study.
     return accepted, reasons, confirmable
 
@@ -147,30 +201,59 @@ def radiographs_add(
         # Only offer confirmation when every refusal is a mismatch: anything else must be fixed first.
         raise UploadRejected(reasons, mismatches=confirmable if set(confirmable) == set(reasons) else None)
 
+    return store_accepted(study=study, accepted=accepted, actor=actor, ip=ip, mismatch_reason=mismatch_reason)
+
+
+def store_accepted(
+    *,
+    study: Study,
+    accepted: Sequence[Accepted],
+    actor: AbstractBaseUser | None,
+    ip: str | None,
+    mismatch_reason: str = "",
+    action: str = "image.uploaded",
+    source: dict[str, Any] | None = None,
+) -> list[Radiograph]:
+    """Store checked files as radiographs of the study, audited as `action`, and send them to the
+    worker after the commit; joins the caller's transaction when there is one.
+
+    While the study has no body part (received by DICOM, not recognised), the images wait
+    (`needs_body_part`) and nothing is sent. `source`: the DICOM sender, added to the audit details.
+    """
     stored: list[str] = []
     try:
-        images = _store(
-            study=study, accepted=accepted, actor=actor, ip=ip, stored=stored, mismatch_reason=mismatch_reason
+        return _store(
+            study=study,
+            accepted=accepted,
+            actor=actor,
+            ip=ip,
+            stored=stored,
+            mismatch_reason=mismatch_reason,
+            action=action,
+            source=source,
         )
     except BaseException:
         # Files are written before the rows commit; a rolled-back request must leave none behind.
         for name in stored:
             Radiograph._meta.get_field("file").storage.delete(name)
         raise
-    return images
 
 
 @transaction.atomic
 def _store(
     *,
     study: Study,
-    accepted: list[_Accepted],
-    actor: AbstractBaseUser,
+    accepted: Sequence[Accepted],
+    actor: AbstractBaseUser | None,
     ip: str | None,
     stored: list[str],
     mismatch_reason: str,
+    action: str,
+    source: dict[str, Any] | None,
 ) -> list[Radiograph]:
     study = Study.objects.select_for_update().get(pk=study.pk)
+    waiting_for_body_part = not study.body_part
+    confirmer = actor if actor is not None and actor.is_authenticated else None
     images: list[Radiograph] = []
     for item in accepted:
         mismatches = [m.as_dict() for m in item.mismatches]
@@ -181,11 +264,12 @@ def _store(
             format=item.format,
             width=item.width,
             height=item.height,
-            status=ImageStatus.QUEUED,
+            status=ImageStatus.NEEDS_BODY_PART if waiting_for_body_part else ImageStatus.QUEUED,
             dicom_header=item.header,
             mismatches=mismatches,
             mismatch_reason=mismatch_reason if mismatches else "",
-            mismatch_confirmed_by=actor if mismatches and actor.is_authenticated else None,
+            mismatch_confirmed_by=confirmer if mismatches else None,
+            sop_instance_uid=item.sop_instance_uid,
         )
         image.file.save(f"{item.sha256}.{item.format}", ContentFile(item.data), save=False)
         stored.append(image.file.name)
@@ -198,7 +282,13 @@ def _store(
             "height": item.height,
             "bytes": len(item.data),
         }
-        audit_record(actor=actor, action="image.uploaded", obj=image, study=study, ip=ip, details=details)
+        if item.sop_instance_uid:
+            details["sop_instance_uid"] = item.sop_instance_uid
+        if waiting_for_body_part:
+            details["waiting_for_body_part"] = True
+        if source is not None:
+            details["source"] = source
+        audit_record(actor=actor, action=action, obj=image, study=study, ip=ip, details=details)
         if mismatches:
             audit_record(
                 actor=actor,
@@ -208,6 +298,10 @@ def _store(
                 ip=ip,
                 details={"mismatches": mismatches, "reason": mismatch_reason},
             )
+    if waiting_for_body_part:
+        study.status = StudyStatus.NEEDS_BODY_PART
+        study.save(update_fields=["status", "updated_at"])
+        return images
     study.status = StudyStatus.QUEUED
     study.error = ""
     study.save(update_fields=["status", "error", "updated_at"])

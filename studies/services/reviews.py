@@ -5,8 +5,18 @@ from django.db import transaction
 
 from studies.audit import audit_record
 from studies.errors import ApplicationError, ConflictError, NotAllowedError
-from studies.models import Label, ResultLabel, Review, ReviewDecision, Study, StudyResult, StudyStatus
+from studies.models import (
+    DicomExportTrigger,
+    Label,
+    ResultLabel,
+    Review,
+    ReviewDecision,
+    Study,
+    StudyResult,
+    StudyStatus,
+)
 from studies.permissions import is_radiologist
+from studies.services.pacs_sends import pacs_exports_plan
 from studies.services.worklist import study_worklist_key_refresh
 
 
@@ -83,6 +93,8 @@ def review_create(
             "model_version": result.model_version,
         },
     )
+    # The ruling goes to the PACS too: a new SR that supersedes the result's (after the commit).
+    pacs_exports_plan(study=study, trigger=DicomExportTrigger.REVIEW, review=review)
     return review
 
 

@@ -27,13 +27,19 @@ def study_create(
     body_part: str,
     study_date: datetime.date | None = None,
     expected_images: int | None = None,
-    actor: AbstractBaseUser,
+    actor: AbstractBaseUser | None,
     ip: str | None = None,
+    study_instance_uid: str = "",
+    source: dict | None = None,
+    notes: dict | None = None,
 ) -> Study:
     """Register a study for a patient; it starts `new`, with no images.
 
     `expected_images`: how many files the uploader chose; until that many arrive (or staff mark
-    the study complete) the study says which are missing.
+    the study complete) the study says which are missing. `source`: the DICOM sender when the study
+    comes from a received file (studies.services.dicom_ingest; audited, no actor); only such a
+    study may have a blank body part, and then waits for staff to set one. `notes`: more facts
+    for the audit event (e.g. a derived accession number).
     """
     accession_number = (accession_number or "").strip()
     errors: dict[str, list[str]] = {}
@@ -41,7 +47,7 @@ def study_create(
         errors["accession_number"] = ["The accession number is required."]
     elif Study.objects.filter(accession_number=accession_number).exists():
         errors["accession_number"] = [DUPLICATE_ACCESSION]
-    if body_part not in BodyPart.values:
+    if body_part not in BodyPart.values and not (source is not None and body_part == ""):
         errors["body_part"] = [unknown_body_part_message(body_part)]
     if expected_images is not None and expected_images < 1:
         errors["expected_images"] = ["The number of expected images must be at least 1."]
@@ -54,25 +60,26 @@ def study_create(
                 accession_number=accession_number,
                 body_part=body_part,
                 study_date=study_date,
+                study_instance_uid=study_instance_uid,
                 expected_images=expected_images,
-                created_by=actor,
+                created_by=actor if actor is not None and actor.is_authenticated else None,
             )
     except IntegrityError as exc:
         raise ApplicationError(
             DUPLICATE_ACCESSION, extra={"accession_number": [DUPLICATE_ACCESSION]}
         ) from exc
-    audit_record(
-        actor=actor,
-        action="study.created",
-        obj=study,
-        ip=ip,
-        details={
-            "accession_number": accession_number,
-            "body_part": body_part,
-            "patient": patient.pk,
-            "expected_images": expected_images,
-        },
-    )
+    details = {
+        "accession_number": accession_number,
+        "body_part": body_part,
+        "patient": patient.pk,
+        "expected_images": expected_images,
+    }
+    if study_instance_uid:
+        details["study_instance_uid"] = study_instance_uid
+    if source is not None:
+        details["source"] = source
+    details.update(notes or {})
+    audit_record(actor=actor, action="study.created", obj=study, ip=ip, details=details)
     return study
 
 
@@ -102,8 +109,18 @@ def study_mark_complete(*, study: Study, actor: AbstractBaseUser, ip: str | None
 
 
 def study_view_record(*, study: Study, actor: AbstractBaseUser, ip: str | None) -> AuditEvent:
-    """Record that `actor` opened the study (every view of patient data is audited)."""
-    return audit_record(actor=actor, action="study.viewed", obj=study, ip=ip)
+    """Record that `actor` opened the study (every view of patient data is audited).
+
+    One event per opening covers everything the page shows: its images, heat maps and the
+    viewer's pixel data are not audited one by one (studies.apis._ImageFileBase).
+    """
+    return audit_record(
+        actor=actor,
+        action="study.viewed",
+        obj=study,
+        ip=ip,
+        details={"accession_number": study.accession_number},
+    )
 
 
 @transaction.atomic

@@ -18,6 +18,7 @@ STUDY_STATUS_STYLE = {
     "failed": ("danger", "✕"),
     "unsupported": ("warning", "?"),
     "needs_human_read": ("warning", "!"),
+    "needs_body_part": ("warning", "?"),
     "reviewed": ("dark", "★"),
     "done": ("success", "✓"),
 }
@@ -117,3 +118,13 @@ def short_version(value: str | None) -> str:
 def get_item(mapping: dict, key: str):
     """mapping[key] in a template, or the key itself when it is missing."""
     return mapping.get(key, key)
+
+
+@register.filter
+def label_display(value: str | None) -> str:
+    """A stored label as every page shows it: "abnormal" → "Abnormal" (the API keeps the values)."""
+    from studies.models import ResultLabel
+
+    if not value:
+        return "—"
+    return ResultLabel(value).label if value in ResultLabel.values else str(value)

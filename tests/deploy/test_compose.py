@@ -81,6 +81,7 @@ def test_health_checks_probe_what_each_service_does():
     assert "redis-cli ping" in probes["redis"]
     assert "curl" in probes["web"] and "/healthz" in probes["web"]
     assert "/nginx-health" in probes["nginx"]
+    assert "dicom_receiver --healthcheck --port 11112" in probes["dicom-receiver"]
     for name in SERVICES:
         argv = command_of(SERVICES[name])
         if "worker" in argv:
@@ -134,12 +135,15 @@ def test_every_task_queue_has_a_worker_and_there_is_exactly_one_beat():
     assert beats == 1
 
 
-def test_postgres_and_redis_are_not_published_and_only_nginx_has_ports():
+def test_postgres_and_redis_are_not_published_and_only_nginx_and_the_dicom_receiver_have_ports():
     for name, service in SERVICES.items():
         ports = service.get("ports") or []
+        published = {interpolate(str(port), environ={}).split(":")[-1] for port in ports}
         if name == "nginx":
-            published = {interpolate(str(port), environ={}).split(":")[-1] for port in ports}
             assert published == {"80", "443"}
+        elif name == "dicom-receiver":
+            # The container port the receiver listens on (its command's --port).
+            assert published == {option(command_of(service), "--port")} == {"11112"}
         else:
             assert not ports, f"{name} publishes {ports}"
     assert "expose" not in SERVICES["postgres"] and "expose" not in SERVICES["redis"]

@@ -73,9 +73,7 @@ class Orthanc:
     def start(self, timeout: float = 30.0) -> "Orthanc":
         config = self._write_config()
         log = (self.root / "orthanc.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(ORTHANC), str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        self.process = subprocess.Popen([str(ORTHANC), str(config)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

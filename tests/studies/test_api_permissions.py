@@ -21,6 +21,8 @@ MATRIX = [
     ("get", "/api/v1/images/{image}/", STAFF_READ),
     ("get", "/api/v1/images/{image}/file", STAFF_READ),
     ("get", "/api/v1/images/{image}/preview.png", STAFF_READ),
+    ("get", "/api/v1/images/{image}/pixels", STAFF_READ),
+    ("get", "/api/v1/images/{image}/pixels.u16", STAFF_READ),
     ("get", "/api/v1/images/{image}/heatmap", (401, 403, 404, 404, 404)),  # allowed: there is none
     ("get", "/api/v1/audit-events/", (401, 403, 403, 403, 200)),
     ("get", "/api/v1/schema/", STAFF_READ),

@@ -4,13 +4,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from inference.confidence import bootstrap_intervals
 from studies.dashboard import (
+    MIN_TO_JUDGE,
     ConfusionMatrix,
     ResultRecord,
     ReviewRecord,
+    chart_data,
     cohen_kappa,
     confusion_matrix,
     drift_check,
+    kappa_estimate,
+    proportion,
     sensitivity,
     specificity,
     summarize,
@@ -106,3 +111,78 @@ def test_summarize_groups_by_body_part_and_model_version():
     assert wrist.drift.recent_studies == 10 and wrist.drift.baseline_studies == 20
     assert wrist.drift.warning
     assert not hand.drift.warning
+
+
+# --- intervals and counts ---------------------------------------------------------------------
+def test_a_proportion_carries_wilsons_interval_and_its_count():
+    figure = proportion(successes=8, trials=10, noun=("abnormal study", "abnormal studies"))
+    assert figure.value == pytest.approx(0.8)
+    assert (figure.low, figure.high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+    assert figure.counted == "10 abnormal studies" and figure.caveat == "" and not figure.too_few
+
+
+def test_a_figure_on_too_few_studies_says_so_and_one_on_none_says_there_is_none():
+    two = proportion(successes=1, trials=2, noun=("review", "reviews"))
+    assert two.too_few and two.caveat == "only 2 reviews: too few to judge"
+    assert proportion(successes=1, trials=1, noun=("review", "reviews")).caveat == (
+        "only 1 review: too few to judge"
+    )
+    none = proportion(successes=0, trials=0, noun=("review", "reviews"))
+    assert none.value is None and none.low is None and none.caveat == "no review yet"
+    assert not proportion(successes=3, trials=MIN_TO_JUDGE).too_few
+
+
+def test_kappas_interval_is_the_validation_cards_bootstrap():
+    """Counts per cell give the same interval as inference.confidence's per-study bootstrap."""
+    matrix = ConfusionMatrix(true_positive=30, false_negative=8, false_positive=6, true_negative=40)
+    figure = kappa_estimate(matrix=matrix)
+    labels = [True] * 38 + [False] * 46
+    scores = [1.0] * 30 + [0.0] * 8 + [1.0] * 6 + [0.0] * 40
+    per_study = bootstrap_intervals(labels=labels, scores=scores, threshold=0.5).kappa
+    assert figure.value == pytest.approx(cohen_kappa(matrix=matrix))
+    assert figure.low == pytest.approx(per_study.low, abs=0.03)
+    assert figure.high == pytest.approx(per_study.high, abs=0.03)
+    assert figure.low < figure.value < figure.high and figure.n == 84 and figure.counted == "84 reviews"
+
+
+def test_kappa_without_a_figure_has_no_interval_and_large_counts_stay_fast():
+    assert kappa_estimate(matrix=ConfusionMatrix(true_positive=7)).value is None
+    assert kappa_estimate(matrix=ConfusionMatrix()).caveat == "no review yet"
+    # One review: every resample is the same study, so no interval rather than a zero-width one.
+    single = kappa_estimate(matrix=ConfusionMatrix(false_negative=1))
+    assert single.value == 0.0 and single.low is None and single.high is None
+    assert single.caveat == "only 1 review: too few to judge"
+    big = ConfusionMatrix(
+        true_positive=40_000, false_negative=9_000, false_positive=7_000, true_negative=44_000
+    )
+    started = datetime.now()
+    figure = kappa_estimate(matrix=big)
+    assert (datetime.now() - started).total_seconds() < 1.0
+    assert figure.high - figure.low < 0.02
+
+
+def test_summaries_carry_every_rate_with_its_interval_and_the_charts_the_demo_marker():
+    results = [_result("XR_WRIST", "v1", A, 30)] * 6 + [_result("XR_WRIST", "v1", N, 1)] * 4
+    results += [_result("XR_HAND", "v2", N, 2, demo=True)] * 3
+    reviews = [ReviewRecord("XR_WRIST", "v1", A, A)] * 5 + [ReviewRecord("XR_WRIST", "v1", N, A)]
+    hand, wrist = summarize(results=results, reviews=reviews, now=NOW)
+    assert set(wrist.figures) == {
+        "flagged_rate",
+        "recent_rate",
+        "baseline_rate",
+        "kappa",
+        "sensitivity",
+        "specificity",
+    }
+    assert (
+        wrist.figures["flagged_rate"].counted == "10 studies" and wrist.figures["flagged_rate"].successes == 6
+    )
+    assert wrist.figures["recent_rate"].n == 4 and wrist.figures["baseline_rate"].n == 6
+    assert wrist.figures["sensitivity"].value == pytest.approx(5 / 6)
+    assert wrist.figures["sensitivity"].counted == "6 abnormal studies"
+    assert wrist.figures["specificity"].caveat == "no normal study yet"
+    chart = chart_data(summaries=[hand, wrist], body_part_names={"XR_HAND": "Hand", "XR_WRIST": "Wrist"})
+    assert chart["demo"] is True and chart["labels"] == ["Hand · v2 (demo)", "Wrist · v1"]
+    assert chart["sensitivity"][1]["counted"] == "6 abnormal studies"
+    assert chart["sensitivity"][1]["caveat"] == "only 6 abnormal studies: too few to judge"
+    assert chart_data(summaries=[wrist], body_part_names={})["demo"] is False

@@ -5,6 +5,7 @@ rules, never flagged, ruled on (not confirmed or overridden), and counted per ti
 """
 
 import datetime
+import re
 
 import pytest
 from django.urls import reverse
@@ -278,14 +279,20 @@ def test_dashboard_reports_each_tier_and_how_radiologists_ruled(client):
     html = client.get(reverse("dashboard")).content.decode()
     table = html.split('data-testid="tier-table"')[1].split("</table>")[0]
     row = table.split('data-tier-row="XR_WRIST"')[1].split("</tr>")[0]
-    cells = {tier: row.split(f'data-tier="{tier}"')[1].split("</td>")[0] for tier in TIER_NAMES}
-    assert "40.0 %" in cells["abnormal"] and "(4 of 10)" in cells["abnormal"]
-    assert "radiologist confirmed 50.0 % (1 of 2)" in cells["abnormal"]
-    assert "30.0 %" in cells["indeterminate"] and "(3 of 10)" in cells["indeterminate"]
-    assert "ruled abnormal 50.0 % (1 of 2), normal 50.0 % (1 of 2)" in cells["indeterminate"]
-    assert "30.0 %" in cells["normal"] and "radiologist confirmed 100.0 % (1 of 1)" in cells["normal"]
+    cells = {
+        tier: " ".join(re.sub(r"<[^>]+>", "", row.split(f'data-tier="{tier}">')[1].split("</td>")[0]).split())
+        for tier in TIER_NAMES
+    }
+    # Each share and each agreement with its Wilson 95 % interval and the count behind it.
+    assert cells["abnormal"].startswith("40.0 % (95 % CI 16.8\N{EN DASH}68.7 %), 4 of 10 studies")
+    assert "radiologist confirmed 50.0 % (95 % CI 9.5\N{EN DASH}90.5 %), 1 of 2 reviews" in cells["abnormal"]
+    assert "only 2 reviews: too few to judge" in cells["abnormal"]
+    assert cells["indeterminate"].startswith("30.0 % (95 % CI 10.8\N{EN DASH}60.3 %), 3 of 10 studies")
+    assert "ruled Abnormal 50.0 % (95 % CI 9.5\N{EN DASH}90.5 %), 1 of 2 rulings" in cells["indeterminate"]
+    assert "ruled Normal 50.0 % (95 % CI 9.5\N{EN DASH}90.5 %), 1 of 2 rulings" in cells["indeterminate"]
+    assert "radiologist confirmed 100.0 % (95 % CI 20.7\N{EN DASH}100.0 %), 1 of 1 review" in cells["normal"]
     total = table.split('data-tier-row="all"')[1]
-    assert "(4 of 10)" in total and "(3 of 10)" in total
+    assert "4 of 10 studies" in total and "3 of 10 studies" in total
     # Agreement figures count calls only: 3 of the 5 reviews; the indeterminate rulings are not calls.
     figures = html.split('data-testid="dashboard-table"')[1]
     assert "5 <span" in figures and "(3 calls)" in figures

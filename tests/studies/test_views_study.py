@@ -262,7 +262,7 @@ def test_study_page_is_audited_and_shows_result_with_model_version(client, staff
     assert AuditEvent.objects.filter(action="study.viewed", study=study, actor=staff).count() == 1
     assert "81.0 %" in html and "bbbbbbbbbbbb" in html
     assert "demo model — not for clinical use" in html
-    assert f'src="{reverse("api:image-preview", args=[prediction.radiograph.pk])}"' in html
+    assert f'data-pixels-url="{reverse("api:image-pixels", args=[prediction.radiograph.pk])}"' in html
 
 
 def test_staff_cannot_see_review_controls(client, staff):
@@ -285,12 +285,10 @@ def test_heatmap_toggle_shown_when_the_prediction_has_one(client, staff):
     study = prediction.radiograph.study
     html = client.get(reverse("study_detail", args=[study.pk])).content.decode()
     image_id = prediction.radiograph.pk
-    assert f'src="{reverse("api:image-heatmap", args=[image_id])}"' in html
-    assert (
-        f'for="overlay-{image_id}"' in html
-        and f'for="opacity-{image_id}"' in html
-        and f'for="zoom-{image_id}"' in html
-    )
+    # The viewer (static/js/viewer.js) loads the overlay from the address beside it.
+    assert f'data-url="{reverse("api:image-heatmap", args=[image_id])}"' in html
+    assert f'for="overlay-{image_id}"' in html and f'for="opacity-{image_id}"' in html
+    assert 'data-testid="heatmap-note"' not in html
 
 
 def test_live_partial_polls_while_processing_and_is_not_audited(client, staff):
@@ -365,7 +363,7 @@ def test_override_with_reason_shows_in_history_and_audit_trail(client, radiologi
     html = client.get(reverse("study_detail", args=[study.pk])).content.decode()
     assert "Nutrient foramen, not a fracture" in html
     assert 'data-action="study.reviewed"' in html
-    assert 'data-testid="final-label">normal' in html
+    assert 'data-testid="final-label">Normal' in html
 
 
 def test_override_to_the_same_label_shows_the_service_error(client, radiologist):

@@ -63,7 +63,7 @@ def test_reviewed_row_shows_final_label_and_is_not_flagged(staff_client):
     result = StudyResultFactory(abnormal_probability=0.9)
     ReviewFactory(study=result.study, decision="override", final_label="normal", comment="motion artefact")
     html = staff_client.get(reverse("worklist")).content.decode()
-    assert "Reviewed: normal" in html
+    assert "Reviewed: Normal" in html
     assert 'data-flag="flagged"' not in html
 
 
@@ -121,13 +121,12 @@ def test_pagination_keeps_the_filters(staff_client):
     assert len(_row_accessions(second)) == 5
 
 
-def test_table_polls_only_while_a_job_runs(staff_client):
+def test_table_always_polls_with_its_fingerprint(staff_client):
     StudyResultFactory()
-    idle = staff_client.get(reverse("worklist")).content.decode()
-    assert "hx-trigger" not in idle.split('id="worklist-table"')[1].split(">")[0]
-    StudyFactory(status="processing")
-    busy = staff_client.get(reverse("worklist")).content.decode()
-    assert 'hx-trigger="every 3s"' in busy
+    response = staff_client.get(reverse("worklist"))
+    table = response.content.decode().split('id="worklist-table"')[1].split(">")[0]
+    assert 'hx-trigger="every 3s"' in table
+    assert f'"X-Worklist-Fingerprint": "{response["X-Worklist-Fingerprint"]}"' in table
 
 
 def test_htmx_poll_returns_only_the_table(staff_client):
