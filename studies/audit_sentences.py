@@ -109,7 +109,8 @@ class _Context:
         return [Link(text, f"{self.study_url(ref.study_id)}#viewer-{_int(image_id)}")]
 
     def images_list(self, image_ids: Sequence[Any]) -> list[Piece]:
-        """ "image 1", "image 1 and image 2", "image 1, image 2 and image 3" (links), "3 images"."""
+        """ "image 1", "image 1 and image 2", "image 1, image 2 and image 3" (links); past six images,
+        "and 3 more"."""
         ids = list(image_ids)
         if not ids:
             return ["no image"]

@@ -1,7 +1,9 @@
 """Playwright fixtures: Debian's Chromium, headless, against pytest-django's live server.
 
 Screenshots go to tests/artifacts/ (git-ignored). The tests skip, saying why, when
-/usr/bin/chromium is missing (`apt-get install chromium`).
+/usr/bin/chromium is missing (`apt-get install chromium`). Every page a test opens is watched for
+console errors, CSP violations, script errors, failed requests and error answers; the `open_page`
+fixture fails the test on any at teardown (BrowserPage says what counts and how to allow one).
 """
 
 import os
@@ -41,11 +43,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DESKTOP = {"width": 1366, "height": 768}
+TABLET = {"width": 768, "height": 1024}
 # Requests that stay open by design: never waited for by BrowserPage.settle.
 LONG_LIVED = {"eventsource", "websocket"}
 # A request the page cancels this long (seconds) before it starts to leave was cancelled by leaving.
 CANCELLED_BEFORE_LEAVING = 0.5
-TABLET = {"width": 768, "height": 1024}
 
 # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still
 # synchronous, so Django's async-safety guard is lifted for the browser tests only.
@@ -302,10 +304,11 @@ def open_page(chromium, request):
 
     yield factory
     for browser_page in pages:  # an answer still on its way may be an error: wait for it
-        try:
-            browser_page.settle(timeout=5)
-        except AssertionError as still_loading:
-            browser_page.problems.append(str(still_loading))
+        if not browser_page.page.is_closed():
+            try:
+                browser_page.settle(timeout=5)
+            except AssertionError as still_loading:
+                browser_page.problems.append(str(still_loading))
         browser_page.finish()
     # Read before closing: closing a context aborts whatever is still loading, which is no fault.
     left = [

@@ -159,6 +159,10 @@ def test_every_page_as_every_role_without_a_problem(open_page, hospital, role, l
                 in log
             )
             assert "Sam Staff opened the study page of study ACC-FLAG" in log
+        if name == "admin":
+            # The admin's pages name no icon, so browsers ask for /favicon.ico: a real icon comes.
+            icon = page.request.get(browser.base_url + "/favicon.ico")
+            assert icon.ok and icon.url.endswith("/static/img/favicon.ico") and icon.body()[:4] == b"\0\0\1\0"
         if not name.startswith("admin"):  # the Django admin scrolls its own wide tables
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), name
         browser.shot(f"every-{role}-{label}-{name}")
