@@ -13,6 +13,10 @@ from django.utils.safestring import SafeString
 from studies.audit_sentences import describe as describe_events
 from studies.models import (
     AuditEvent,
+    DicomExport,
+    DicomReceiverRun,
+    DicomSend,
+    InferenceWorker,
     ModelVersion,
     Patient,
     Prediction,
@@ -174,3 +178,57 @@ class AuditEventAdmin(ReadOnlyAdmin):
         """The event as a sentence, with links to its study and images (studies/audit_sentences.py)."""
         sentence = getattr(obj, "sentence", None) or describe_events([obj])[0].sentence
         return sentence.__html__()
+
+
+# --- Operations: inference workers, DICOM receiver runs, results sent to the PACS -------------
+@admin.register(InferenceWorker)
+class InferenceWorkerAdmin(ReadOnlyAdmin):
+    list_display = ["nodename", "pid", "started_at", "beat_at", "stopped_at"]
+    list_filter = ["stopped_at"]
+    search_fields = ["nodename", "worker_id"]
+
+
+@admin.register(DicomReceiverRun)
+class DicomReceiverRunAdmin(ReadOnlyAdmin):
+    list_display = [
+        "ae_title",
+        "host",
+        "port",
+        "pid",
+        "started_at",
+        "beat_at",
+        "stopped_at",
+        "instances_stored",
+        "instances_duplicate",
+        "instances_refused",
+        "associations_refused",
+    ]
+    search_fields = ["ae_title", "host", "run_id"]
+
+
+class DicomSendInline(admin.TabularInline):
+    model = DicomSend
+    fields = ["destination", "protocol", "status", "attempts", "last_error", "sent_at", "next_attempt_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(DicomExport)
+class DicomExportAdmin(ReadOnlyAdmin):
+    list_display = ["study", "trigger", "summary", "demo", "built_at", "build_error", "created_at"]
+    list_filter = ["trigger", "demo", "created_at"]
+    search_fields = ["study__accession_number", "study__patient__mrn"]
+    list_select_related = ["study"]
+    inlines = [DicomSendInline]
+
+
+@admin.register(DicomSend)
+class DicomSendAdmin(ReadOnlyAdmin):
+    list_display = ["study", "destination", "protocol", "status", "attempts", "sent_at", "next_attempt_at"]
+    list_filter = ["status", "protocol", "destination"]
+    search_fields = ["study__accession_number", "destination", "last_error"]
+    list_select_related = ["study"]

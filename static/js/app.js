@@ -29,6 +29,21 @@
     });
   });
 
+  // A live update whose session ended (idle logout) is redirected to the login page: go there as a
+  // page instead of swapping the login form into the part being updated, and come back to this page
+  // (not to the fragment the update asked for) after logging in again.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const xhr = event.detail.xhr;
+    const login = document.body.dataset.loginUrl;
+    if (!xhr.responseURL || !login) return;
+    const landed = new URL(xhr.responseURL, window.location.href);
+    if (landed.pathname === login && window.location.pathname !== login) {
+      event.detail.shouldSwap = false;
+      const back = new URLSearchParams({ next: window.location.pathname + window.location.search });
+      window.location.assign(login + "?" + back.toString());
+    }
+  });
+
   function init(root) {
     root.querySelectorAll("#review-form").forEach(syncReviewForm);
   }

@@ -10,6 +10,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from django.contrib.sessions.models import Session
 from django.core.files.base import ContentFile
 
 from inference.decoding import decode_image
@@ -247,3 +248,23 @@ def test_the_page_fixture_catches_what_it_promises(open_page):
     assert "page error: boom" in problems, problems
     assert "HTTP 404 GET " in problems and "/static/no-such-file.js" in problems, problems
     browser.problems.clear()  # seen: the test passes
+
+
+def test_a_live_update_after_the_session_ended_goes_to_the_login_page(open_page, hospital):
+    """The idle logout ends the session while the study page updates itself: the next update takes
+    the whole page to the login form (never the form inside the result card), and logging in again
+    comes back to the study page, not to the fragment the update asked for."""
+    study_url = f"/studies/{hospital['busy'].pk}/"
+    browser = open_page(DESKTOP)
+    browser.login("sam", PASSWORD)
+    browser.goto(study_url)
+    page = browser.page
+    Session.objects.all().delete()
+    page.wait_for_url("**/login/?next=*", timeout=15_000)
+    assert page.locator("#study-live").count() == 0
+    browser.shot("live-update-after-session-ended")
+    page.get_by_label("Username").fill("sam")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"**{study_url}")
+    assert browser.problems == []

@@ -93,21 +93,15 @@ def _add_heatmap(image, content: bytes) -> None:
 
 
 def _open(open_page, study: Study, viewport: dict):
+    """The study page in the viewport, logged in as a radiologist, the first viewer ready. The page
+    fixture fails the test on any console error, CSP violation or failed request."""
     UserFactory(username="rhea", role="radiologist")
     browser = open_page(viewport)
-    failed: list[str] = []
-    browser.page.on("requestfailed", lambda request: failed.append(f"failed: {request.url}"))
-    browser.page.on(
-        "response",
-        lambda response: (
-            failed.append(f"{response.status}: {response.url}") if response.status >= 400 else None
-        ),
-    )
     browser.login("rhea", PASSWORD)
     browser.goto(f"/studies/{study.pk}/")
     browser.page.locator(ACTIVE).scroll_into_view_if_needed()
     browser.wait_until(f"document.querySelector('{ACTIVE}').dataset.viewerState === 'ready'", timeout=30)
-    return browser, failed
+    return browser
 
 
 def _state(browser, selector: str = ACTIVE) -> dict:
@@ -150,7 +144,7 @@ def _drag(page, start, end, *, button="left", steps=8) -> None:
 
 def test_png_viewer_fit_zoom_pan_window_invert_heatmap_measure_fullscreen_and_steps(open_page):
     study = _png_study(accession="ACC-VIEW-PNG", paths=[TALL_PNG, SECOND_PNG])
-    browser, failed = _open(open_page, study, DESKTOP)
+    browser = _open(open_page, study, DESKTOP)
     page = browser.page
     first = _state(browser)
     _assert_whole_image_fits(first, 697, 1290)
@@ -257,7 +251,7 @@ def test_png_viewer_fit_zoom_pan_window_invert_heatmap_measure_fullscreen_and_st
     _assert_whole_image_fits(_state(browser), 444, 614)
     page.keyboard.press("k")
     browser.wait_until(f"document.querySelector('{ACTIVE}').id === '{first['id']}'")
-    assert browser.problems == [] and failed == []
+    assert browser.problems == []
 
 
 @pytest.mark.parametrize(("viewport", "label"), [(DESKTOP, "desktop"), (TABLET, "tablet")])
@@ -271,7 +265,7 @@ def test_dicom_viewer_starts_at_the_voi_window_and_measures_in_mm(open_page, vie
         width=2048,
         height=2500,
     )
-    browser, failed = _open(open_page, study, viewport)
+    browser = _open(open_page, study, viewport)
     page = browser.page
     state = _state(browser)
     _assert_whole_image_fits(state, 2048, 2500)
@@ -279,12 +273,13 @@ def test_dicom_viewer_starts_at_the_voi_window_and_measures_in_mm(open_page, vie
     assert (state["center"], state["width"]) == (2048, 4096)
     assert page.locator(f"{ACTIVE} [data-viewer-preset]").input_value() == "voi"
     browser.shot(f"viewer-6-dicom-fit-{label}", full_page=False)
-    # One window/level step on 5 megapixels (lookup table, map, draw) stays interactive.
+    # One window/level step on 5 megapixels (lookup table, map, draw): a figure reported, not a
+    # timed assertion (speed targets belong in benchmarks).
     step_ms = page.evaluate(
         f"""() => {{ const viewer = document.querySelector('{ACTIVE}').viewer, started = performance.now();
         viewer.renderPixels(); viewer.draw(); return performance.now() - started; }}"""
     )
-    assert step_ms < 250, step_ms
+    print(f"VIEWER: one window/level step on 2048x2500 ({label}): {step_ms:.1f} ms")
     page.keyboard.press("m")
     note = page.locator(f"{ACTIVE} [data-testid=calibration-note]").inner_text()
     assert "PixelSpacing 0.115 \u00d7 0.115 mm" in note
@@ -300,7 +295,7 @@ def test_dicom_viewer_starts_at_the_voi_window_and_measures_in_mm(open_page, vie
         == f"Distance {measured['mm']:.1f} mm"
     )
     browser.shot(f"viewer-7-measure-mm-{label}", full_page=False)
-    assert browser.problems == [] and failed == []
+    assert browser.problems == []
 
 
 def test_live_updates_keep_the_view_and_bring_the_heat_map(open_page):
@@ -311,7 +306,7 @@ def test_live_updates_keep_the_view_and_bring_the_heat_map(open_page):
     image.status = ImageStatus.PROCESSING
     image.save(update_fields=["status"])
     pixel_fetches: list[str] = []
-    browser, failed = _open(open_page, study, DESKTOP)
+    browser = _open(open_page, study, DESKTOP)
     page = browser.page
     page.on(
         "request", lambda request: pixel_fetches.append(request.url) if "pixels.u16" in request.url else None
@@ -340,4 +335,4 @@ def test_live_updates_keep_the_view_and_bring_the_heat_map(open_page):
     page.keyboard.press("h")
     _wait_changed(browser, "heatmap", "off")
     assert _pixels(browser)["colour"] > 0
-    assert browser.problems == [] and failed == []
+    assert browser.problems == []

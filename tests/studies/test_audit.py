@@ -26,10 +26,25 @@ def test_admin_audit_log_is_read_only_even_for_a_superuser(client, admin_user, s
     assert event.action == "study.viewed"
 
 
-@pytest.mark.parametrize("model", ["patient", "study", "radiograph", "prediction", "studyresult", "review"])
-def test_admin_lists_every_clinical_model_with_search(client, admin_user, model):
+@pytest.mark.parametrize(
+    "model",
+    [
+        "patient",
+        "study",
+        "radiograph",
+        "prediction",
+        "studyresult",
+        "review",
+        "inferenceworker",
+        "dicomreceiverrun",
+        "dicomexport",
+        "dicomsend",
+    ],
+)
+def test_admin_lists_every_model_with_search_read_only(client, admin_user, model):
     client.force_login(admin_user)
     assert client.get(f"/admin/studies/{model}/", {"q": "x"}).status_code == 200
+    assert client.get(f"/admin/studies/{model}/add/").status_code == 403
 
 
 @pytest.mark.integration
