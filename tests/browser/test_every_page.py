@@ -259,6 +259,9 @@ def test_a_live_update_after_the_session_ended_goes_to_the_login_page(open_page,
     browser.login("sam", PASSWORD)
     browser.goto(study_url)
     page = browser.page
+    # The page has loaded what it shows (the viewer's pixels too): only the live update is left.
+    browser.wait_until("document.querySelector('[data-viewer-active]')?.dataset.viewerState === 'ready'")
+    browser.settle()
     Session.objects.all().delete()
     page.wait_for_url("**/login/?next=*", timeout=15_000)
     assert page.locator("#study-live").count() == 0

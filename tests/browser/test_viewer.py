@@ -255,7 +255,7 @@ def test_png_viewer_fit_zoom_pan_window_invert_heatmap_measure_fullscreen_and_st
 
 
 @pytest.mark.parametrize(("viewport", "label"), [(DESKTOP, "desktop"), (TABLET, "tablet")])
-def test_dicom_viewer_starts_at_the_voi_window_and_measures_in_mm(open_page, viewport, label):
+def test_dicom_viewer_starts_at_the_voi_window_and_measures_in_mm(open_page, viewport, label, capsys):
     study = StudyFactory(accession_number=f"ACC-VIEW-DCM-{label}", status=Study.Status.UNSUPPORTED)
     RadiographFactory(
         study=study,
@@ -279,7 +279,8 @@ def test_dicom_viewer_starts_at_the_voi_window_and_measures_in_mm(open_page, vie
         f"""() => {{ const viewer = document.querySelector('{ACTIVE}').viewer, started = performance.now();
         viewer.renderPixels(); viewer.draw(); return performance.now() - started; }}"""
     )
-    print(f"VIEWER: one window/level step on 2048x2500 ({label}): {step_ms:.1f} ms")
+    with capsys.disabled():
+        print(f"\nVIEWER: one window/level step on 2048x2500 ({label}): {step_ms:.1f} ms")
     page.keyboard.press("m")
     note = page.locator(f"{ACTIVE} [data-testid=calibration-note]").inner_text()
     assert "PixelSpacing 0.115 \u00d7 0.115 mm" in note

@@ -6,7 +6,6 @@ Import the fixtures into a test module with `from tests.pacs.fixtures_receiver i
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,9 +25,7 @@ from tests.e2e.conftest import (  # noqa: F401 (fixtures used by name)
     _die_with_parent,
     e2e_dir,
     e2e_env,
-    e2e_model_dir,
 )
-from tests.inference.tiny_models import WRIST_FILE
 from tests.pacs.orthanc import free_port
 
 DICOM = SHARED_DATA / "dicom"
@@ -128,22 +125,10 @@ def new_hand_study(folder: Path, *, patient_id: str, instances: int = 1) -> list
 
 
 @pytest.fixture(scope="module")
-def receive_model_dir(e2e_model_dir, tmp_path_factory) -> Path:  # noqa: F811
-    """The tiny demo model serving XR_HAND (the shared hand CR's type)."""
-    directory = tmp_path_factory.mktemp("receive-models")
-    shutil.copy(e2e_model_dir / WRIST_FILE, directory / WRIST_FILE)
-    (directory / "models.toml").write_text(
-        f'[XR_HAND]\nfile = "{WRIST_FILE}"\npreprocessing = "seed"\nlabels = ["abnormal", "normal"]\n'
-        "threshold = 0.5\ndemo = true\n"
-    )
-    return directory
-
-
-@pytest.fixture(scope="module")
-def receive_env(e2e_env, receive_model_dir) -> dict[str, str]:  # noqa: F811
+def receive_env(e2e_env, hand_model_dir) -> dict[str, str]:  # noqa: F811
     return {
         **e2e_env,
-        "MSKDETECT_MODEL_DIR": str(receive_model_dir),
+        "MSKDETECT_MODEL_DIR": str(hand_model_dir),
         "MSKDETECT_DICOM_ALLOWED": ",".join(ALLOWED_CALLERS),
         "MSKDETECT_DICOM_HEARTBEAT_SECONDS": "1",
     }

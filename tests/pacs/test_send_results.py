@@ -25,9 +25,8 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from studies import services
 from studies.models import BodyPart, DicomExport, DicomSend
 from tests.conftest import SHARED_DATA
-from tests.e2e.conftest import Worker, e2e_dir, e2e_env, e2e_model_dir  # noqa: F401 (fixtures)
+from tests.e2e.conftest import Worker, e2e_dir, e2e_env  # noqa: F401 (fixtures)
 from tests.factories import PatientFactory, StudyFactory, UserFactory
-from tests.inference.tiny_models import WRIST_FILE
 from tests.pacs.orthanc import Orthanc
 
 pytestmark = pytest.mark.integration
@@ -42,18 +41,6 @@ def stow_orthanc(tmp_path_factory, orthanc_server) -> Iterator[Orthanc]:
     server = Orthanc(tmp_path_factory.mktemp("orthanc-stow"), aet="STOWPACS").start()
     yield server
     server.destroy()
-
-
-@pytest.fixture(scope="module")
-def hand_model_dir(e2e_model_dir, tmp_path_factory) -> Path:  # noqa: F811
-    """The tiny demo model serving XR_HAND (the shared CR is a hand)."""
-    directory = tmp_path_factory.mktemp("hand-models")
-    shutil.copy(e2e_model_dir / WRIST_FILE, directory / WRIST_FILE)
-    (directory / "models.toml").write_text(
-        f'[XR_HAND]\nfile = "{WRIST_FILE}"\npreprocessing = "seed"\nlabels = ["abnormal", "normal"]\n'
-        "threshold = 0.5\ndemo = true\n"
-    )
-    return directory
 
 
 @pytest.fixture(scope="module")
