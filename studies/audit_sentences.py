@@ -544,9 +544,10 @@ def _generic(event, d, ctx):
     if event.object_type == "studies.radiograph":
         pieces += [" (", *ctx.image(event.object_id), ")"]
     pieces += ctx.on_study(event)
+    # Sorted: PostgreSQL's jsonb does not keep the order the details were written in.
     facts = [
         f"{key.replace('_', ' ')} {_cut(value, 60)}"
-        for key, value in d.items()
+        for key, value in sorted(d.items())
         if value not in (None, "", [], {})
     ]
     if facts:

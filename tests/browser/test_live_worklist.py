@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from studies import views
 from studies.models import ImageStatus, Study
 from tests.browser.conftest import DESKTOP, TABLET
 from tests.conftest import SHARED_DATA
@@ -23,6 +24,13 @@ pytestmark = pytest.mark.usefixtures("transactional_db")
 WRIST_JPEG = sorted((SHARED_DATA / "jpeg").glob("*.jpg"))
 # Polls every 3 s: a change shows on the next poll, so within about one interval plus the swap.
 APPEARS_WITHIN = 8.0
+
+
+@pytest.fixture(autouse=True)
+def _still_minute(monkeypatch):
+    # The fingerprint holds the minute (the "Received … ago" column): a minute turning during a test
+    # would be a change of its own, and a poll that should find nothing new would find one.
+    monkeypatch.setattr(views, "_current_minute", lambda: 29_000_000)
 
 
 def _flagged(accession: str, probability: float, image: int = 0) -> Study:

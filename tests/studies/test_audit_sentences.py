@@ -190,7 +190,7 @@ def test_an_action_without_a_builder_reads_from_its_name_and_details(sam):
         actor=sam, action="image.window_saved", obj=image, details={"window_center": 1200, "preset": "bone"}
     )
     assert _sentence(_latest("image.window_saved"), on_study_page=True) == (
-        "Sam Staff: image window saved (image 1 (a.png)) — window center 1200; preset bone"
+        "Sam Staff: image window saved (image 1 (a.png)) — preset bone; window center 1200"
     )
 
 
