@@ -181,6 +181,9 @@
       this.applyPreset(0);
       this.hideMessage();
       this.fit();
+      // Drawn (and its readouts published) before it says "ready", not on the next animation frame.
+      if (this.pixelsDirty) this.renderPixels();
+      this.draw();
       this.root.dataset.viewerState = "ready";
       this.syncHeatmapSource();
     }
