@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 
 from studies.dicom_results.destinations import Destination
 
@@ -65,6 +64,9 @@ def cstore(
     on_stored: Callable[[str], None],
 ) -> list[InstanceOutcome]:
     """Send the datasets over one association; each C-STORE response's status is checked."""
+    # Imported here: only the worker sends, and the web process imports this module at start-up.
+    from pynetdicom import AE
+
     ae = AE(ae_title=calling_ae)
     for sop_class in sorted({instance.sop_class_uid for instance, _ in instances}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
